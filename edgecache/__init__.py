@@ -1,0 +1,3 @@
+"""edgecache: a per-user semantic cache for LLM services."""
+
+from . import _native  # noqa: F401  (fixes the onnxruntime-before-usearch import order)

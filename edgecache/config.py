@@ -1,0 +1,67 @@
+"""CacheConfig: every tunable of a cache in one validated object."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from .decision import Thresholds
+from .errors import ConfigError
+
+DTYPES = ("f32", "f16", "i8")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # Defaults are the operating point chosen on the QQP validation split by
+    # `edgecache eval` (benchmarks/results/eval.json); never tuned on test.
+    threshold: float = 0.80
+    context_threshold: float = 0.70
+    ttl_seconds: float | None = None
+    projection: str = "learned-64"
+    dtype: str = "i8"
+    connectivity: int = 8
+    # Neighbours the decision looks at: the nearest may be expired or disputed.
+    top_k: int = 4
+    # Previous user turns that form the context chain of a follow-up.
+    context_turns: int = 2
+    max_entries: int | None = None
+    encoder_threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "context_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be a number in [-1, 1], got {value!r}")
+        if self.ttl_seconds is not None and (
+            not isinstance(self.ttl_seconds, int | float)
+            or not math.isfinite(self.ttl_seconds)
+            or self.ttl_seconds <= 0
+        ):
+            raise ConfigError(f"ttl_seconds must be a positive number or None, got {self.ttl_seconds!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        positive_ints = {"connectivity": 2, "top_k": 1, "context_turns": 1, "encoder_threads": 1}
+        for name, low in positive_ints.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.max_entries is not None and (
+            not isinstance(self.max_entries, int) or self.max_entries < 1
+        ):
+            raise ConfigError(f"max_entries must be a positive integer or None, got {self.max_entries!r}")
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(float(self.threshold), float(self.context_threshold))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CacheConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,80 @@
+"""The hit decision: the one place that says whether a cached entry answers a query.
+
+Pure functions over numbers, so every surface (SDK, local service, Lambda, Ray Serve,
+evaluation) shares it and it is testable without a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    HIT = "hit"
+    BELOW_THRESHOLD = "below_threshold"
+    CONTEXT_MISMATCH = "context_mismatch"
+    # One side is a follow-up and the other standalone: never comparable.
+    CONTEXT_SHAPE = "context_shape"
+    EXPIRED = "expired"
+    DISPUTED = "disputed"
+    EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the decision needs to know about one nearest neighbour."""
+
+    entry_id: int
+    similarity: float
+    # None when query and entry are both standalone; otherwise the cosine of their
+    # context-chain embeddings (0.0 is passed when exactly one side has context).
+    context_similarity: float | None
+    query_has_context: bool
+    entry_has_context: bool
+    expires_at: float | None
+    wrong_feedback: int = 0
+    right_feedback: int = 0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    similarity: float
+    context: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    hit: bool
+    reason: Reason
+    candidate: Candidate | None
+
+
+def decide(candidate: Candidate, thresholds: Thresholds, now: float) -> Decision:
+    """Is this candidate a hit? Checks are ordered from cheapest to most specific."""
+    if candidate.expires_at is not None and now >= candidate.expires_at:
+        return Decision(False, Reason.EXPIRED, candidate)
+    if candidate.wrong_feedback > candidate.right_feedback:
+        return Decision(False, Reason.DISPUTED, candidate)
+    if candidate.similarity < thresholds.similarity:
+        return Decision(False, Reason.BELOW_THRESHOLD, candidate)
+    if candidate.query_has_context != candidate.entry_has_context:
+        return Decision(False, Reason.CONTEXT_SHAPE, candidate)
+    if candidate.query_has_context and (
+        candidate.context_similarity is None or candidate.context_similarity < thresholds.context
+    ):
+        return Decision(False, Reason.CONTEXT_MISMATCH, candidate)
+    return Decision(True, Reason.HIT, candidate)
+
+
+def first_hit(candidates: Iterable[Candidate], thresholds: Thresholds, now: float) -> Decision:
+    """The most similar candidate that is a hit; else the verdict on the most similar one."""
+    best_miss: Decision | None = None
+    for cand in sorted(candidates, key=lambda c: c.similarity, reverse=True):
+        verdict = decide(cand, thresholds, now)
+        if verdict.hit:
+            return verdict
+        if best_miss is None:
+            best_miss = verdict
+    return best_miss or Decision(False, Reason.EMPTY, None)

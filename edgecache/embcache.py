@@ -1,0 +1,47 @@
+"""Disk cache of encoder outputs for evaluation runs (re-encoding QQP takes minutes)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import Encoder
+from .home import edgecache_home
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # eval extra not installed: run without a bar
+        return None
+    return tqdm(total=total, desc=desc, unit="sent", mininterval=2.0)
+
+
+def encode_cached(
+    encoder: Encoder, texts: list[str], batch_size: int = 64, desc: str = "encoding"
+) -> np.ndarray:
+    """Encoder vectors for `texts` (n, dim), read from EDGECACHE_HOME/embeddings when present."""
+    digest = hashlib.sha256(encoder.fingerprint.encode())
+    for t in texts:
+        digest.update(t.encode("utf-8", "surrogatepass") + b"\x00")
+    path = edgecache_home() / "embeddings" / f"{digest.hexdigest()[:24]}.npy"
+    if path.is_file():
+        return np.load(path)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    bar = _progress(len(texts), desc)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = encoder.encode_detailed([texts[i] for i in idx]).vectors
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out

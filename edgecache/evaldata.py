@@ -1,0 +1,91 @@
+"""Evaluation data from ../shared/data: QQP pairs with a fixed split, and contextual chats.
+
+QQP split: questions are grouped into connected components (two questions are
+linked when they appear in one pair), and each component goes to train (60%),
+validation (20%) or test (20%) by a hash of its smallest question. No question
+text appears in two splits, so nothing tuned on train/validation leaks into test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+
+
+def data_root() -> Path:
+    """EDGECACHE_DATA, else the shared/data folder next to the checkout."""
+    env = os.environ.get("EDGECACHE_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str
+    b: str
+    label: int
+
+
+def _component_split(root: str) -> str:
+    bucket = int(hashlib.sha256(root.encode()).hexdigest()[:8], 16) % 10
+    return "train" if bucket < 6 else "validation" if bucket < 8 else "test"
+
+
+def load_qqp(path: Path | None = None) -> dict[str, list[Pair]]:
+    path = path or data_root() / "paraphrase" / "qqp_dev.jsonl.gz"
+    pairs: list[Pair] = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            a, b = str(row["a"]).strip(), str(row["b"]).strip()
+            if a and b:
+                pairs.append(Pair(a, b, int(row["label"])))
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for p in pairs:
+        ra, rb = find(p.a), find(p.b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    out: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    for p in pairs:
+        out[_component_split(find(p.a))].append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A first turn and a follow-up, with paraphrases of both when the data has them."""
+
+    u0: str
+    u1: str
+    u0_paraphrase: str | None
+    u1_paraphrase: str | None
+
+
+def load_contextual(root: Path | None = None) -> dict[str, list[Conversation]]:
+    folder = (root or data_root()) / "contextual"
+    claude = json.loads((folder / "meancache_new_claude.json").read_text())
+    out = {
+        "new_claude": [
+            Conversation(r["u0"], r["u1"], r.get("u0_duplicate"), r.get("u1_duplicate"))
+            for r in claude
+        ]
+    }
+    for name in ("contextual_queries", "context2", "d1", "Synthetic_Dataset_Diverse"):
+        rows = json.loads((folder / f"meancache_{name}.json").read_text())
+        out[name] = [Conversation(r["Main Query"], r["Follow-Up Query"], None, None) for r in rows]
+    return out

@@ -1,0 +1,172 @@
+"""Drives the evaluation: vectors for the QQP splits, projections, sweeps, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .config import CacheConfig
+from .embcache import encode_cached
+from .encoder import Encoder, load_encoder
+from .evaldata import Pair, load_contextual, load_qqp
+from .evaluation import ArrayEmbedder, contextual, index_bytes_per_entry, pairwise, retrieval
+from .projection import Projection, fit_pca, identity, shipped
+
+# Retrieval requires both: best F1 among operating points with precision >= this.
+MIN_PRECISION = 0.75
+
+
+@dataclass
+class QQPVectors:
+    splits: dict[str, list[Pair]]
+    table: dict[str, np.ndarray]
+    fingerprint: str
+
+    def texts(self, split: str) -> list[str]:
+        return sorted({t for p in self.splits[split] for t in (p.a, p.b)})
+
+    def matrix(self, split: str) -> np.ndarray:
+        return np.stack([self.table[t] for t in self.texts(split)])
+
+    def pair_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ps = self.splits[split]
+        return (
+            np.stack([self.table[p.a] for p in ps]),
+            np.stack([self.table[p.b] for p in ps]),
+            np.array([p.label for p in ps]),
+        )
+
+
+def qqp_vectors(encoder: Encoder | None = None, splits=None) -> QQPVectors:
+    encoder = encoder or load_encoder()
+    splits = splits or load_qqp()
+    texts = sorted({t for s in splits.values() for p in s for t in (p.a, p.b)})
+    vectors = encode_cached(encoder, texts, desc="encoding QQP")
+    return QQPVectors(splits, dict(zip(texts, vectors, strict=True)), encoder.fingerprint)
+
+
+def projection_for(name: str, data: QQPVectors) -> Projection:
+    """none / pca-<d> (fitted on the training split here) / shipped learned-<d>."""
+    if name == "none":
+        return identity(next(iter(data.table.values())).shape[0])
+    if name.startswith("pca-"):
+        return fit_pca(data.matrix("train"), int(name.split("-")[1]))
+    return shipped(name)
+
+
+def evaluate_setting(
+    data: QQPVectors, projection: Projection, dtype: str, connectivity: int = 8,
+    threshold: float | None = None,
+) -> dict:
+    """Both protocols on validation (to pick thresholds) and test (to report)."""
+    out: dict = {"projection": projection.name, "dim": projection.out_dim, "dtype": dtype}
+
+    def vec(text: str) -> np.ndarray:
+        return projection.apply(data.table[text])
+
+    for protocol in ("pairwise", "retrieval"):
+        sweeps = {}
+        extra = {}
+        for split in ("validation", "test"):
+            if protocol == "pairwise":
+                a, b, y = data.pair_arrays(split)
+                sweeps[split] = pairwise(projection.apply(a), projection.apply(b), y, dtype)
+            else:
+                sweeps[split], extra[split] = retrieval(data.splits[split], vec, dtype, connectivity)
+        floor = MIN_PRECISION if protocol == "retrieval" else 0.0
+        chosen = metrics.best(sweeps["validation"], floor)
+        out[protocol] = {
+            "validation_best": chosen.to_dict(),
+            "test_at_validation_threshold": metrics.at(sweeps["test"], chosen.threshold).to_dict(),
+            "test_sweep": [s.to_dict() for s in sweeps["test"]],
+            **({"info": extra["test"]} if extra else {}),
+        }
+        if threshold is not None:
+            out[protocol]["test_at_default_threshold"] = metrics.at(sweeps["test"], threshold).to_dict()
+    return out
+
+
+def compression_table(data: QQPVectors, dims=(384, 128, 64, 32), dtypes=("f32", "f16", "i8")) -> list[dict]:
+    rows = []
+    test_firsts = np.stack([data.table[t] for t in sorted({p.a for p in data.splits["test"]})])
+    for d in dims:
+        proj = identity(d) if d == 384 else fit_pca(data.matrix("train"), d)
+        for dtype in dtypes:
+            res = evaluate_setting(data, proj, dtype)
+            rows.append(
+                {
+                    "projection": proj.name,
+                    "dim": d,
+                    "dtype": dtype,
+                    "bytes": index_bytes_per_entry(proj.apply(test_firsts), dtype),
+                    "pairwise_test_f1": res["pairwise"]["test_at_validation_threshold"]["f1"],
+                    "retrieval_test_f1": res["retrieval"]["test_at_validation_threshold"]["f1"],
+                    "retrieval_test_precision": res["retrieval"]["test_at_validation_threshold"]["precision"],
+                }
+            )
+    return rows
+
+
+def contextual_report(config: CacheConfig, encoder: Encoder, projection: Projection) -> dict:
+    from .embedder import ProjectedEncoder
+
+    embedder = ProjectedEncoder(encoder, projection)
+    return {name: contextual(convs, embedder, config) for name, convs in load_contextual().items()}
+
+
+def plot_pr(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, protocol in zip(axes, ("pairwise", "retrieval"), strict=True):
+        for setting in results["settings"]:
+            sweep = setting[protocol]["test_sweep"]
+            ax.plot([s["recall"] for s in sweep], [s["precision"] for s in sweep],
+                    label=f"{setting['projection']} {setting['dtype']}")
+            op = setting[protocol]["test_at_validation_threshold"]
+            ax.scatter([op["recall"]], [op["precision"]], s=18)
+        ax.set_title(f"QQP test, {protocol} protocol")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(out_dir: Path, settings: list[tuple[str, str]], with_compression: bool = True) -> dict:
+    started = time.time()
+    config = CacheConfig()
+    encoder = load_encoder()
+    data = qqp_vectors(encoder)
+    results: dict = {
+        "encoder": encoder.fingerprint,
+        "default_config": config.to_dict(),
+        "split": {k: {"pairs": len(v), "duplicates": sum(p.label for p in v)} for k, v in data.splits.items()},
+        "published": {
+            "pairwise": {"GPTCache": {"f1": 0.834, "precision": 0.748}, "MeanCache": {"f1": 0.864, "precision": 0.830}},
+            "retrieval": {"GPTCache 0.1.44 (measured here)": {"f1": 0.667, "precision": 0.533, "recall": 0.891}},
+            "contextual": {"MeanCache": {"f1": 0.875, "precision": 0.975}, "GPTCache": {"f1": 0.688, "precision": 0.665}},
+        },
+        "settings": [],
+    }
+    for proj_name, dtype in settings:
+        proj = projection_for(proj_name, data)
+        results["settings"].append(evaluate_setting(data, proj, dtype, threshold=config.threshold))
+    results["contextual"] = contextual_report(config, encoder, shipped(config.projection))
+    if with_compression:
+        results["compression"] = compression_table(data)
+    results["seconds"] = round(time.time() - started, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    plot_pr(results, out_dir / "eval_pr.png")
+    return results

@@ -1,0 +1,37 @@
+"""Precision / recall / F1 from counts, and threshold sweeps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Scores:
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    hit_rate: float
+    tp: int
+    fp: int
+    fn: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scores(threshold: float, tp: int, fp: int, fn: int, n_queries: int) -> Scores:
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return Scores(threshold, precision, recall, f1, (tp + fp) / max(n_queries, 1), tp, fp, fn)
+
+
+def best(sweep: list[Scores], min_precision: float = 0.0) -> Scores:
+    """The highest-F1 point (ties: higher threshold) among those meeting min_precision."""
+    eligible = [s for s in sweep if s.precision >= min_precision] or sweep
+    return max(eligible, key=lambda s: (round(s.f1, 6), s.threshold))
+
+
+def at(sweep: list[Scores], threshold: float) -> Scores:
+    return min(sweep, key=lambda s: abs(s.threshold - threshold))

@@ -1,0 +1,50 @@
+"""Snapshot format: MAGIC | sha256(payload) | msgpack payload.
+
+The payload carries a format version and the fingerprint of the encoder and
+projection that produced the vectors; `decode` verifies all three before anything
+is handed back, so a bad snapshot can never replace good state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgpack
+
+from .errors import SnapshotError
+
+MAGIC = b"EDGECSNP"
+FORMAT_VERSION = 1
+_HEADER = len(MAGIC) + 32
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    body = msgpack.packb({**payload, "version": FORMAT_VERSION}, use_bin_type=True)
+    return MAGIC + hashlib.sha256(body).digest() + body
+
+
+def decode(data: bytes, fingerprint: str) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray) or len(data) < _HEADER:
+        raise SnapshotError("snapshot is truncated or empty")
+    if data[: len(MAGIC)] != MAGIC:
+        raise SnapshotError("not an edgecache snapshot (bad magic bytes)")
+    body = bytes(data[_HEADER:])
+    if hashlib.sha256(body).digest() != data[len(MAGIC) : _HEADER]:
+        raise SnapshotError("snapshot checksum mismatch: the file is corrupted")
+    try:
+        payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # checksum passed, so this is a writer bug
+        raise SnapshotError(f"snapshot payload is unreadable: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("version") != FORMAT_VERSION:
+        raise SnapshotError(
+            f"snapshot format version {payload.get('version') if isinstance(payload, dict) else '?'}"
+            f" is not supported (this edgecache reads version {FORMAT_VERSION})"
+        )
+    if payload.get("fingerprint") != fingerprint:
+        raise SnapshotError(
+            "snapshot was written with another encoder/projection "
+            f"({str(payload.get('fingerprint'))[:16]}... vs {fingerprint[:16]}...); "
+            "its vectors cannot be compared with this cache's"
+        )
+    return payload

@@ -1,0 +1,103 @@
+"""Where snapshots live: a small key -> bytes interface and its local implementations.
+
+S3 and DynamoDB stores implement the same three methods. Keys are derived from a
+hash of the user id (see `user_key`) so no user id ever appears in a path and two
+users can never collide on a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .errors import InvalidInputError
+
+_KEY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def user_key(user: str) -> str:
+    return hashlib.sha256(user.encode("utf-8")).hexdigest()[:40]
+
+
+def check_user(user: object) -> str:
+    if not isinstance(user, str):
+        raise InvalidInputError(f"user must be a string, got {type(user).__name__}")
+    if not user.strip() or len(user) > 512 or not user.isprintable():
+        raise InvalidInputError("user must be 1-512 printable characters")
+    return user
+
+
+@runtime_checkable
+class Store(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def _check_key(key: str) -> str:
+    if not _KEY.match(key) or key in {".", ".."}:
+        raise InvalidInputError(f"invalid store key {key!r}")
+    return key
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._data.get(_check_key(key))
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._data[_check_key(key)] = bytes(data)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(_check_key(key), None)
+
+
+class LocalFolderStore:
+    """One file per key; writes are atomic (temp file, fsync, rename, fsync folder)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)

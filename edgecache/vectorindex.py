@@ -1,0 +1,73 @@
+"""One user's vector index: a usearch HNSW over cosine distance at reduced precision."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._native import Index, MetricKind, ScalarKind
+from .errors import InvalidInputError, SnapshotError
+
+_SCALARS = {"f32": ScalarKind.F32, "f16": ScalarKind.F16, "i8": ScalarKind.I8}
+
+
+def checked_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise InvalidInputError(f"expected vectors of dimension {dim}, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise InvalidInputError("vector contains NaN or infinity")
+    if (np.linalg.norm(x, axis=1) == 0).any():
+        raise InvalidInputError("zero vector has no direction to compare")
+    return np.ascontiguousarray(x)
+
+
+class VectorIndex:
+    def __init__(self, dim: int, dtype: str = "i8", connectivity: int = 8) -> None:
+        self.dim, self.dtype, self.connectivity = dim, dtype, connectivity
+        self._index = self._new()
+
+    def _new(self) -> Index:
+        return Index(
+            ndim=self.dim,
+            metric=MetricKind.Cos,
+            dtype=_SCALARS[self.dtype],
+            connectivity=self.connectivity,
+        )
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, keys: np.ndarray | int, vectors: np.ndarray) -> None:
+        x = checked_vectors(vectors, self.dim)
+        self._index.add(np.atleast_1d(np.asarray(keys, dtype=np.uint64)), x, threads=1)
+
+    def remove(self, key: int) -> None:
+        self._index.remove(int(key))
+
+    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and cosine similarities of the k nearest, most similar first."""
+        if len(self._index) == 0:
+            return np.zeros(0, np.uint64), np.zeros(0, np.float32)
+        x = checked_vectors(vector, self.dim)[0]
+        found = self._index.search(x, min(k, len(self._index)), threads=1)
+        return np.asarray(found.keys), 1.0 - np.asarray(found.distances, dtype=np.float32)
+
+    def clear(self) -> None:
+        self._index = self._new()
+
+    def to_bytes(self) -> bytes:
+        return bytes(self._index.save())
+
+    def load_bytes(self, data: bytes) -> None:
+        try:
+            restored = Index.restore(data, view=False)
+        except Exception as exc:  # usearch raises plain RuntimeError on bad bytes
+            raise SnapshotError(f"index bytes are unreadable: {exc}") from exc
+        if restored is None or restored.ndim != self.dim:
+            raise SnapshotError("index bytes do not hold an index of the configured dimension")
+        self._index = restored
+
+    def memory_bytes(self) -> int:
+        return int(self._index.memory_usage)
