@@ -6,7 +6,7 @@ either one imports it from here, so the order is fixed no matter which public
 entry point a user touches first.
 """
 
-import onnxruntime  # noqa: I001  (must precede usearch, see module docstring)
+import onnxruntime
 from usearch.index import Index, MetricKind, ScalarKind
 
 __all__ = ["Index", "MetricKind", "ScalarKind", "onnxruntime"]

@@ -14,7 +14,7 @@ from . import snapshot
 from .config import CacheConfig
 from .decision import Candidate, Reason, first_hit
 from .embedder import Embedder, shared_embedder
-from .errors import EntryNotFoundError, InvalidInputError
+from .errors import EntryNotFoundError, InvalidInputError, SnapshotError
 from .results import CacheStats, Entry, LookupResult
 from .stores import MemoryStore, Store, check_user, user_key
 from .text import as_text, clean_context, clean_query
@@ -136,36 +136,70 @@ class SemanticCache:
         metadata: dict[str, Any] | None = None,
     ) -> int:
         """Store a response; returns the new entry id."""
-        response_text = as_text(response, "response")
+        return self.insert_many([query], [response], [context], ttl_seconds, [metadata])[0]
+
+    def insert_many(
+        self,
+        queries: list[object],
+        responses: list[object],
+        contexts: list[list[str] | None] | None = None,
+        ttl_seconds: float | None = None,
+        metadata: list[dict[str, Any] | None] | None = None,
+        batch_size: int = 64,
+    ) -> list[int]:
+        """Store many responses at once (batched encoding); all are validated before any is stored."""
+        n = len(queries)
+        if n == 0:
+            return []
+        contexts = contexts if contexts is not None else [None] * n
+        metadata = metadata if metadata is not None else [None] * n
+        if not len(responses) == len(contexts) == len(metadata) == n:
+            raise InvalidInputError("queries, responses, contexts and metadata differ in length")
         if ttl_seconds is not None and (
             not isinstance(ttl_seconds, int | float) or not math.isfinite(ttl_seconds) or ttl_seconds <= 0
         ):
             raise InvalidInputError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidInputError("metadata must be a dict")
-        query_text = clean_query(query).original
-        vector, ctx, _ = self._embed(query, context)
-        turns = len(context or [])
+        for m in metadata:
+            if m is not None and not isinstance(m, dict):
+                raise InvalidInputError("metadata must be a dict")
+        response_texts = [as_text(r, "response") for r in responses]
+        cleaned = [clean_query(q) for q in queries]
+        turns = [clean_context(c) for c in contexts]
+        vectors = self._embed_texts([q.normalized for q in cleaned], batch_size)
+        with_ctx = [i for i, t in enumerate(turns) if t]
+        ctx_vectors = self._embed_texts(
+            [context_text([t.normalized for t in turns[i]], self.config.context_turns) for i in with_ctx],
+            batch_size,
+        )
+        ctx_of = dict(zip(with_ctx, ctx_vectors, strict=True))
         now = self._clock()
         ttl = ttl_seconds if ttl_seconds is not None else self.config.ttl_seconds
         with self._lock:
-            entry = Entry(
-                id=self._next_id,
-                query=query_text,
-                response=response_text,
-                context_turns=turns,
-                context_vector=ctx.astype(np.float16).tobytes() if ctx is not None else None,
-                created_at=now,
-                expires_at=now + ttl if ttl else None,
-                last_used_at=now,
-                metadata=dict(metadata or {}),
-            )
-            self._index.add(entry.id, vector)
-            self._entries[entry.id] = entry
-            self._next_id += 1
-            self._inserts += 1
+            ids = list(range(self._next_id, self._next_id + n))
+            self._index.add(np.asarray(ids, dtype=np.uint64), vectors)
+            for i, entry_id in enumerate(ids):
+                ctx = ctx_of.get(i)
+                self._entries[entry_id] = Entry(
+                    id=entry_id,
+                    query=cleaned[i].original,
+                    response=response_texts[i],
+                    context_turns=len(turns[i]),
+                    context_vector=ctx.astype(np.float16).tobytes() if ctx is not None else None,
+                    created_at=now,
+                    expires_at=now + ttl if ttl else None,
+                    last_used_at=now,
+                    metadata=dict(metadata[i] or {}),
+                )
+            self._next_id += n
+            self._inserts += n
             self._evict_over_limit()
-            return entry.id
+            return ids
+
+    def _embed_texts(self, texts: list[str], batch_size: int) -> np.ndarray:
+        parts = [
+            self.embedder.embed(texts[i : i + batch_size]).vectors for i in range(0, len(texts), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
 
     def _evict_over_limit(self) -> None:
         limit = self.config.max_entries
@@ -216,7 +250,9 @@ class SemanticCache:
     def purge_expired(self) -> int:
         now = self._clock()
         with self._lock:
-            expired = [e.id for e in self._entries.values() if e.expires_at is not None and now >= e.expires_at]
+            expired = [
+                e.id for e in self._entries.values() if e.expires_at is not None and now >= e.expires_at
+            ]
             for entry_id in expired:
                 self._remove(entry_id)
             return len(expired)
@@ -258,17 +294,15 @@ class SemanticCache:
         """Replace the in-memory state with a snapshot; on any error nothing changes."""
         payload = snapshot.decode(data, self.embedder.fingerprint)
         if payload.get("user_key") != self.key:
-            raise snapshot.SnapshotError("snapshot belongs to another user")
+            raise SnapshotError("snapshot belongs to another user")
         try:
             entries = {r["id"]: Entry.from_record(r) for r in payload["entries"]}
             next_id = int(payload["next_id"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise snapshot.SnapshotError(f"snapshot entries are malformed: {exc}") from exc
+            raise SnapshotError(f"snapshot entries are malformed: {exc}") from exc
         index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
         index.load_bytes(payload["index"])
         if len(index) != len(entries):
-            raise snapshot.SnapshotError(
-                f"snapshot index holds {len(index)} vectors for {len(entries)} entries"
-            )
+            raise SnapshotError(f"snapshot index holds {len(index)} vectors for {len(entries)} entries")
         with self._lock:
             self._index, self._entries, self._next_id = index, entries, next_id

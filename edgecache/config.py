@@ -46,9 +46,7 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.max_entries is not None and (
-            not isinstance(self.max_entries, int) or self.max_entries < 1
-        ):
+        if self.max_entries is not None and (not isinstance(self.max_entries, int) or self.max_entries < 1):
             raise ConfigError(f"max_entries must be a positive integer or None, got {self.max_entries!r}")
 
     @property

@@ -30,9 +30,7 @@ class Embedder(Protocol):
 class ProjectedEncoder:
     def __init__(self, encoder: Encoder, projection: Projection) -> None:
         if projection.in_dim != encoder.dim:
-            raise ValueError(
-                f"projection expects {projection.in_dim}-d vectors, encoder gives {encoder.dim}"
-            )
+            raise ValueError(f"projection expects {projection.in_dim}-d vectors, encoder gives {encoder.dim}")
         self.encoder, self.projection = encoder, projection
         self.dim = projection.out_dim
         self.fingerprint = hashlib.sha256(
@@ -51,9 +49,7 @@ _shared: dict[tuple, ProjectedEncoder] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_embedder(
-    projection: str, threads: int = 1, home: Path | None = None
-) -> ProjectedEncoder:
+def shared_embedder(projection: str, threads: int = 1, home: Path | None = None) -> ProjectedEncoder:
     """One loaded model per process and settings: every user's cache shares it."""
     key = (projection, threads, str(home))
     with _shared_lock:

@@ -103,7 +103,5 @@ def load_encoder(
         ) from exc
     model = folder / "model.onnx"
     if verify and (not model.is_file() or sha256_file(model) != manifest["sha256"]):
-        raise ModelNotBuiltError(
-            f"{model} does not match its manifest hash; rebuild: edgecache model build"
-        )
+        raise ModelNotBuiltError(f"{model} does not match its manifest hash; rebuild: edgecache model build")
     return Encoder(model, folder / TOKENIZER_FILE, threads=threads, fingerprint=manifest["sha256"])

@@ -81,8 +81,7 @@ def load_contextual(root: Path | None = None) -> dict[str, list[Conversation]]:
     claude = json.loads((folder / "meancache_new_claude.json").read_text())
     out = {
         "new_claude": [
-            Conversation(r["u0"], r["u1"], r.get("u0_duplicate"), r.get("u1_duplicate"))
-            for r in claude
+            Conversation(r["u0"], r["u1"], r.get("u0_duplicate"), r.get("u1_duplicate")) for r in claude
         ]
     }
     for name in ("contextual_queries", "context2", "d1", "Synthetic_Dataset_Diverse"):

@@ -14,7 +14,7 @@ from .config import CacheConfig
 from .embcache import encode_cached
 from .encoder import Encoder, load_encoder
 from .evaldata import Pair, load_contextual, load_qqp
-from .evaluation import ArrayEmbedder, contextual, index_bytes_per_entry, pairwise, retrieval
+from .evaluation import contextual, index_bytes_per_entry, pairwise, retrieval
 from .projection import Projection, fit_pca, identity, shipped
 
 # Retrieval requires both: best F1 among operating points with precision >= this.
@@ -60,7 +60,10 @@ def projection_for(name: str, data: QQPVectors) -> Projection:
 
 
 def evaluate_setting(
-    data: QQPVectors, projection: Projection, dtype: str, connectivity: int = 8,
+    data: QQPVectors,
+    projection: Projection,
+    dtype: str,
+    connectivity: int = 8,
     threshold: float | None = None,
 ) -> dict:
     """Both protocols on validation (to pick thresholds) and test (to report)."""
@@ -129,8 +132,11 @@ def plot_pr(results: dict, path: Path) -> None:
     for ax, protocol in zip(axes, ("pairwise", "retrieval"), strict=True):
         for setting in results["settings"]:
             sweep = setting[protocol]["test_sweep"]
-            ax.plot([s["recall"] for s in sweep], [s["precision"] for s in sweep],
-                    label=f"{setting['projection']} {setting['dtype']}")
+            ax.plot(
+                [s["recall"] for s in sweep],
+                [s["precision"] for s in sweep],
+                label=f"{setting['projection']} {setting['dtype']}",
+            )
             op = setting[protocol]["test_at_validation_threshold"]
             ax.scatter([op["recall"]], [op["precision"]], s=18)
         ax.set_title(f"QQP test, {protocol} protocol")
@@ -151,11 +157,21 @@ def run_eval(out_dir: Path, settings: list[tuple[str, str]], with_compression: b
     results: dict = {
         "encoder": encoder.fingerprint,
         "default_config": config.to_dict(),
-        "split": {k: {"pairs": len(v), "duplicates": sum(p.label for p in v)} for k, v in data.splits.items()},
+        "split": {
+            k: {"pairs": len(v), "duplicates": sum(p.label for p in v)} for k, v in data.splits.items()
+        },
         "published": {
-            "pairwise": {"GPTCache": {"f1": 0.834, "precision": 0.748}, "MeanCache": {"f1": 0.864, "precision": 0.830}},
-            "retrieval": {"GPTCache 0.1.44 (measured here)": {"f1": 0.667, "precision": 0.533, "recall": 0.891}},
-            "contextual": {"MeanCache": {"f1": 0.875, "precision": 0.975}, "GPTCache": {"f1": 0.688, "precision": 0.665}},
+            "pairwise": {
+                "GPTCache": {"f1": 0.834, "precision": 0.748},
+                "MeanCache": {"f1": 0.864, "precision": 0.830},
+            },
+            "retrieval": {
+                "GPTCache 0.1.44 (measured here)": {"f1": 0.667, "precision": 0.533, "recall": 0.891}
+            },
+            "contextual": {
+                "MeanCache": {"f1": 0.875, "precision": 0.975},
+                "GPTCache": {"f1": 0.688, "precision": 0.665},
+            },
         },
         "settings": [],
     }

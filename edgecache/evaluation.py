@@ -38,7 +38,10 @@ def emulate_storage(vectors: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def pairwise(
-    a: np.ndarray, b: np.ndarray, labels: np.ndarray, dtype: str = "f32",
+    a: np.ndarray,
+    b: np.ndarray,
+    labels: np.ndarray,
+    dtype: str = "f32",
     thresholds: Sequence[float] = THRESHOLDS,
 ) -> list[Scores]:
     """Is the hit decision between the two queries of each pair right?"""
@@ -79,8 +82,7 @@ def retrieval(
         found.append([_standalone(int(k), float(s)) for k, s in zip(keys, sims, strict=True)])
     positives = sum(p.label for p in pairs)
     top1_own = sum(
-        1 for p, c in zip(pairs, found, strict=True)
-        if p.label == 1 and c and c[0].entry_id == key_of[p.a]
+        1 for p, c in zip(pairs, found, strict=True) if p.label == 1 and c and c[0].entry_id == key_of[p.a]
     )
     out = []
     for t in thresholds:
@@ -132,7 +134,9 @@ class ArrayEmbedder:
     def embed(self, texts: list[str]):
         from .embedder import Embedded
 
-        return Embedded(self._projection.apply(np.stack([self._table[t] for t in texts])), [False] * len(texts))
+        return Embedded(
+            self._projection.apply(np.stack([self._table[t] for t in texts])), [False] * len(texts)
+        )
 
 
 def contextual(conversations: Sequence[Conversation], embedder: Embedder, config: CacheConfig) -> dict:

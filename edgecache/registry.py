@@ -1,0 +1,120 @@
+"""Many users' caches in one process: lazy loading, a bounded LRU, and write-back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .cache import SemanticCache
+from .config import CacheConfig
+from .embedder import Embedder
+from .stores import Store, check_user
+
+log = logging.getLogger("edgecache")
+
+
+class CacheRegistry:
+    """Holds at most `max_loaded` users' caches; the least recently used is saved and dropped."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: CacheConfig,
+        embedder: Embedder,
+        max_loaded: int = 256,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.store, self.config, self.embedder = store, config, embedder
+        self.max_loaded = max_loaded
+        self._clock = clock
+        self._caches: OrderedDict[str, SemanticCache] = OrderedDict()
+        self._dirty: set[str] = set()
+        # Caches in use by a request are pinned: evicting one mid-insert could save it
+        # before the insert lands and drop it after, losing the entry.
+        self._pins: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self, user: str, mutate: bool = False) -> Iterator[SemanticCache]:
+        """The user's cache, pinned in memory for the block; marked for saving if mutate."""
+        cache = self._get(user)
+        try:
+            yield cache
+        finally:
+            with self._lock:
+                if mutate:
+                    self._dirty.add(user)
+                self._pins[user] -= 1
+                if not self._pins[user]:
+                    del self._pins[user]
+                evicted = self._overflow()
+            self._save_all(evicted)
+
+    def _get(self, user: str) -> SemanticCache:
+        check_user(user)
+        with self._lock:
+            cache = self._caches.get(user)
+            if cache is not None:
+                self._caches.move_to_end(user)
+                self._pins[user] = self._pins.get(user, 0) + 1
+                return cache
+        # Loading reads a snapshot: do it outside the registry lock.
+        kwargs = {"clock": self._clock} if self._clock else {}
+        loaded = SemanticCache(user, store=self.store, config=self.config, embedder=self.embedder, **kwargs)
+        with self._lock:
+            cache = self._caches.setdefault(user, loaded)
+            self._caches.move_to_end(user)
+            self._pins[user] = self._pins.get(user, 0) + 1
+            evicted = self._overflow()
+        self._save_all(evicted)
+        return cache
+
+    def _overflow(self) -> list[tuple[str, SemanticCache]]:
+        """Remove least recently used, unpinned caches beyond max_loaded (lock held)."""
+        out = []
+        for user in list(self._caches):
+            if len(self._caches) - len(out) <= self.max_loaded:
+                break
+            if user not in self._pins:
+                out.append((user, self._caches[user]))
+        for user, _ in out:
+            del self._caches[user]
+        return out
+
+    def _save_all(self, caches: list[tuple[str, SemanticCache]]) -> None:
+        for user, cache in caches:
+            try:
+                self._save(user, cache)
+            except Exception:
+                # Keep the unsaved cache loaded rather than lose its entries.
+                with self._lock:
+                    self._caches.setdefault(user, cache)
+
+    def _save(self, user: str, cache: SemanticCache) -> None:
+        with self._lock:
+            was_dirty = user in self._dirty
+            self._dirty.discard(user)
+        if not was_dirty:
+            return
+        try:
+            cache.save()
+        except Exception:
+            with self._lock:
+                self._dirty.add(user)
+            log.exception("saving a cache snapshot failed; will retry on the next flush")
+            raise
+
+    def flush(self) -> int:
+        """Save every cache changed since its last save; returns how many were written."""
+        with self._lock:
+            pending = [(u, self._caches[u]) for u in self._dirty if u in self._caches]
+        for user, cache in pending:
+            self._save(user, cache)
+        return len(pending)
+
+    def loaded(self) -> list[SemanticCache]:
+        with self._lock:
+            return list(self._caches.values())

@@ -1,0 +1,263 @@
+"""`edgecache serve`: the local HTTP API over a CacheRegistry.
+
+Local mode trusts one header for the user id (default `X-Edgecache-User`): the
+caller's auth layer (a reverse proxy, an API gateway) must set it and strip any
+value the client sent. Never expose this port without such a layer in front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .errors import EdgecacheError, EntryNotFoundError, InvalidInputError
+from .registry import CacheRegistry
+
+log = logging.getLogger("edgecache.server")
+
+USER_HEADER = "X-Edgecache-User"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class HttpError(Exception):
+    def __init__(self, status: HTTPStatus, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def _field(body: dict, name: str, kinds: tuple[type, ...], required: bool = True) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", f"missing field {name!r}")
+        return None
+    value = body[name]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", f"field {name!r} must be {expected}")
+    return value
+
+
+class Service:
+    """The routes, independent of the HTTP plumbing (the Lambda handlers reuse it)."""
+
+    def __init__(self, registry: CacheRegistry) -> None:
+        self.registry = registry
+        self.routes: dict[tuple[str, str], tuple[Callable[[str, dict], dict], bool]] = {
+            ("POST", "/v1/lookup"): (self.lookup, False),
+            ("POST", "/v1/insert"): (self.insert, True),
+            ("POST", "/v1/feedback"): (self.feedback, True),
+            ("POST", "/v1/delete"): (self.delete, True),
+            ("POST", "/v1/clear"): (self.clear, True),
+            ("GET", "/v1/stats"): (self.stats, False),
+        }
+
+    def lookup(self, user: str, body: dict) -> dict:
+        with self.registry.use(user) as cache:
+            result = cache.lookup(_field(body, "query", (str,)), _field(body, "context", (list,), False))
+        return result.to_dict()
+
+    def insert(self, user: str, body: dict) -> dict:
+        with self.registry.use(user, mutate=True) as cache:
+            entry_id = cache.insert(
+                _field(body, "query", (str,)),
+                _field(body, "response", (str,)),
+                context=_field(body, "context", (list,), False),
+                ttl_seconds=_field(body, "ttl_seconds", (int, float), False),
+                metadata=_field(body, "metadata", (dict,), False),
+            )
+        return {"entry_id": entry_id}
+
+    def feedback(self, user: str, body: dict) -> dict:
+        with self.registry.use(user, mutate=True) as cache:
+            entry = cache.feedback(_field(body, "entry_id", (int,)), _field(body, "correct", (bool,)))
+        return {"entry_id": entry.id, "right": entry.right_feedback, "wrong": entry.wrong_feedback}
+
+    def delete(self, user: str, body: dict) -> dict:
+        with self.registry.use(user, mutate=True) as cache:
+            cache.delete(_field(body, "entry_id", (int,)))
+        return {"deleted": True}
+
+    def clear(self, user: str, body: dict) -> dict:
+        with self.registry.use(user, mutate=True) as cache:
+            cache.clear()
+        return {"cleared": True}
+
+    def stats(self, user: str, body: dict) -> dict:
+        with self.registry.use(user) as cache:
+            return cache.stats().to_dict()
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the loaded caches' counters."""
+        caches = self.registry.loaded()
+        totals = {"lookups": 0, "hits": 0, "inserts": 0, "entries": 0, "index_bytes": 0}
+        for cache in caches:
+            stats = cache.stats()
+            for name in totals:
+                totals[name] += getattr(stats, name)
+        lines = [
+            "# TYPE edgecache_loaded_users gauge",
+            f"edgecache_loaded_users {len(caches)}",
+        ]
+        kinds = {
+            "lookups": "counter",
+            "hits": "counter",
+            "inserts": "counter",
+            "entries": "gauge",
+            "index_bytes": "gauge",
+        }
+        for name, kind in kinds.items():
+            suffix = "_total" if kind == "counter" else ""
+            lines += [f"# TYPE edgecache_{name}{suffix} {kind}", f"edgecache_{name}{suffix} {totals[name]}"]
+        return "\n".join(lines) + "\n"
+
+
+def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "edgecache"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s %s", self.address_string(), format % args)
+
+        def _reply(self, status: HTTPStatus, payload: Any, content_type: str = "application/json") -> None:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: HTTPStatus, kind: str, message: str) -> None:
+            self._reply(status, {"error": {"type": kind, "message": message}})
+
+        def _body(self) -> dict:
+            length = self.headers.get("Content-Length")
+            if length is None:
+                if self.command == "GET":
+                    return {}
+                raise HttpError(HTTPStatus.LENGTH_REQUIRED, "invalid_request", "Content-Length required")
+            try:
+                size = int(length)
+            except ValueError:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "bad Content-Length") from None
+            if size > MAX_BODY_BYTES:
+                self.close_connection = True
+                raise HttpError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"body over {MAX_BODY_BYTES} bytes"
+                )
+            raw = self.rfile.read(size)
+            if not raw and self.command == "GET":
+                return {}
+            try:
+                body = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, "invalid_request", "body is not valid UTF-8"
+                ) from None
+            except json.JSONDecodeError as exc:
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, "invalid_request", f"body is not JSON: {exc}"
+                ) from None
+            if not isinstance(body, dict):
+                raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body must be a JSON object")
+            return body
+
+        def _dispatch(self) -> None:
+            path = self.path.split("?", 1)[0]
+            try:
+                if path == "/health" and self.command == "GET":
+                    return self._reply(
+                        HTTPStatus.OK, {"status": "ok", "encoder": service.registry.embedder.fingerprint[:16]}
+                    )
+                if path == "/metrics" and self.command == "GET":
+                    return self._reply(HTTPStatus.OK, service.metrics_text(), "text/plain; version=0.0.4")
+                route = service.routes.get((self.command, path))
+                if route is None:
+                    known = {p for (_, p) in service.routes}
+                    if path in known:
+                        raise HttpError(
+                            HTTPStatus.METHOD_NOT_ALLOWED,
+                            "method_not_allowed",
+                            f"{self.command} not allowed on {path}",
+                        )
+                    raise HttpError(HTTPStatus.NOT_FOUND, "not_found", f"no route {path}")
+                user = self.headers.get(user_header)
+                if not user:
+                    raise HttpError(
+                        HTTPStatus.UNAUTHORIZED, "unauthenticated", f"missing {user_header} header"
+                    )
+                handler, _ = route
+                self._reply(HTTPStatus.OK, handler(user, self._body()))
+            except HttpError as exc:
+                self._error(exc.status, exc.kind, exc.message)
+            except EntryNotFoundError as exc:
+                self._error(HTTPStatus.NOT_FOUND, "not_found", str(exc.args[0]))
+            except InvalidInputError as exc:
+                self._error(HTTPStatus.BAD_REQUEST, "invalid_request", str(exc))
+            except EdgecacheError as exc:
+                log.exception("request failed")
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, type(exc).__name__, str(exc))
+            except Exception:
+                log.exception("request failed")
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "internal error")
+
+        do_GET = do_POST = do_PUT = do_DELETE = _dispatch
+
+    return Handler
+
+
+class CacheServer:
+    """The HTTP server plus a thread that writes changed caches back every `flush_seconds`."""
+
+    def __init__(
+        self,
+        registry: CacheRegistry,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        user_header: str = USER_HEADER,
+        flush_seconds: float = 5.0,
+    ) -> None:
+        self.registry = registry
+        self.service = Service(registry)
+        self.httpd = ThreadingHTTPServer((host, port), make_handler(self.service, user_header))
+        self.httpd.daemon_threads = True
+        self._stop = threading.Event()
+        self._flush_seconds = flush_seconds
+        self._flusher = threading.Thread(target=self._flush_loop, name="edgecache-flush", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._flush_seconds):
+            try:
+                self.registry.flush()
+            except Exception:
+                log.exception("background flush failed")
+
+    def serve_forever(self) -> None:
+        self._flusher.start()
+        try:
+            self.httpd.serve_forever(poll_interval=0.2)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.httpd.server_close()
+        self.registry.flush()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever from another thread (it blocks until the loop exits)."""
+        self.httpd.shutdown()
+
+    def shutdown_async(self) -> None:
+        """For signal handlers, which run on the serving thread itself."""
+        threading.Thread(target=self.httpd.shutdown, daemon=True).start()
