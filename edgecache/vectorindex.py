@@ -48,9 +48,9 @@ class VectorIndex:
 
     def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys and cosine similarities of the k nearest, most similar first."""
+        x = checked_vectors(vector, self.dim)[0]
         if len(self._index) == 0:
             return np.zeros(0, np.uint64), np.zeros(0, np.float32)
-        x = checked_vectors(vector, self.dim)[0]
         found = self._index.search(x, min(k, len(self._index)), threads=1)
         return np.asarray(found.keys), 1.0 - np.asarray(found.distances, dtype=np.float32)
 

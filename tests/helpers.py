@@ -1,0 +1,46 @@
+"""Test doubles that are real implementations of small interfaces (no model needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+
+from edgecache.embedder import Embedded
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class HashingEmbedder:
+    """Bag-of-words feature hashing: texts sharing words are near, others far.
+
+    Deterministic and fast, so cache mechanics are testable without the ONNX model.
+    """
+
+    def __init__(self, dim: int = 256, fingerprint: str = "hashing-test-embedder") -> None:
+        self.dim, self.fingerprint = dim, fingerprint
+        self.calls = 0
+
+    def _vector(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, np.float32)
+        for word in _WORD.findall(text.lower()) or [text]:
+            h = int(hashlib.sha256(word.encode()).hexdigest(), 16)
+            v[h % self.dim] += 1.0 if (h >> 128) & 1 else -1.0
+        n = np.linalg.norm(v)
+        if n == 0:
+            v[0] = 1.0
+            n = 1.0
+        return v / n
+
+    def embed(self, texts: list[str]) -> Embedded:
+        self.calls += 1
+        return Embedded(np.stack([self._vector(t) for t in texts]), [False] * len(texts))
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

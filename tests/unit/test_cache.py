@@ -1,0 +1,264 @@
+import threading
+
+import numpy as np
+import pytest
+
+from edgecache import (
+    EntryNotFoundError,
+    InvalidInputError,
+    LocalFolderStore,
+    MemoryStore,
+    Reason,
+    SemanticCache,
+    SnapshotError,
+    cached,
+)
+from edgecache.registry import CacheRegistry
+from edgecache.vectorindex import VectorIndex
+from tests.helpers import HashingEmbedder
+
+
+def test_insert_then_lookup_hits_own_entry(make_cache):
+    cache = make_cache()
+    eid = cache.insert("how do I enable two factor auth", "Settings > Security", metadata={"m": 1})
+    cache.insert("what is the capital of france", "Paris")
+    got = cache.lookup("How do I enable two factor auth?")
+    assert got.hit and got.entry_id == eid and got.response == "Settings > Security"
+    assert got.metadata == {"m": 1} and got.similarity > 0.99
+    miss = cache.lookup("recipe for banana bread")
+    assert not miss.hit and miss.response is None
+    stats = cache.stats()
+    assert (stats.entries, stats.lookups, stats.hits) == (2, 2, 1)
+
+
+def test_empty_cache_misses(make_cache):
+    assert make_cache().lookup("anything").reason == Reason.EMPTY
+
+
+def test_context_chain_separates_same_words(make_cache):
+    cache = make_cache()
+    france = cache.insert("what is its population", "68 million", context=["tell me about france"])
+    assert cache.lookup("what is its population", context=["tell me about japan"]).reason == (
+        Reason.CONTEXT_MISMATCH
+    )
+    assert cache.lookup("what is its population").reason == Reason.CONTEXT_SHAPE
+    assert cache.lookup("what is its population", context=["tell me about france"]).entry_id == france
+    standalone = cache.insert("what is the population of japan", "125 million")
+    assert cache.lookup("what is the population of japan", context=["hi"]).reason == Reason.CONTEXT_SHAPE
+    assert cache.lookup("what is the population of japan").entry_id == standalone
+
+
+def test_only_recent_context_turns_count(make_cache):
+    cache = make_cache(context_turns=1)
+    eid = cache.insert("and its population", "x", context=["old topic", "tell me about france"])
+    assert cache.lookup("and its population", context=["other start", "tell me about france"]).entry_id == eid
+
+
+def test_ttl_with_controllable_clock(make_cache, clock):
+    cache = make_cache()
+    eid = cache.insert("bitcoin price today", "$1", ttl_seconds=60)
+    clock.now += 59
+    assert cache.lookup("bitcoin price today").entry_id == eid
+    clock.now += 1
+    assert cache.lookup("bitcoin price today").reason == Reason.EXPIRED
+    assert cache.purge_expired() == 1 and len(cache) == 0
+
+
+def test_default_ttl_from_config(make_cache, clock):
+    cache = make_cache(ttl_seconds=10)
+    cache.insert("weather in paris", "sunny")
+    clock.now += 10
+    assert not cache.lookup("weather in paris").hit
+
+
+def test_feedback_disputes_entry(make_cache):
+    cache = make_cache()
+    eid = cache.insert("enable 2fa", "yes")
+    cache.feedback(eid, correct=False)
+    assert cache.lookup("enable 2fa").reason == Reason.DISPUTED
+    cache.feedback(eid, correct=True)
+    assert cache.lookup("enable 2fa").hit
+    with pytest.raises(InvalidInputError):
+        cache.feedback(eid, correct="no")
+    with pytest.raises(EntryNotFoundError):
+        cache.feedback(999, correct=True)
+
+
+def test_delete_and_clear(make_cache):
+    cache = make_cache()
+    a = cache.insert("alpha question", "a")
+    cache.insert("beta question", "b")
+    cache.delete(a)
+    assert not cache.lookup("alpha question").hit or cache.lookup("alpha question").entry_id != a
+    with pytest.raises(EntryNotFoundError):
+        cache.delete(a)
+    with pytest.raises(InvalidInputError):
+        cache.delete("1")
+    cache.clear()
+    assert len(cache) == 0 and cache.lookup("beta question").reason == Reason.EMPTY
+
+
+def test_max_entries_evicts_least_recently_used(make_cache, clock):
+    cache = make_cache(max_entries=2)
+    first = cache.insert("first question here", "1")
+    clock.now += 1
+    cache.insert("second question here", "2")
+    clock.now += 1
+    assert cache.lookup("first question here").hit  # refreshes first
+    clock.now += 1
+    cache.insert("third question here", "3")
+    assert len(cache) == 2
+    assert cache.lookup("first question here").entry_id == first
+    assert not cache.lookup("second question here").hit
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.insert("", "r"),
+        lambda c: c.insert("q", None),
+        lambda c: c.insert(b"\xff", "r"),
+        lambda c: c.insert("q", "r", ttl_seconds=-1),
+        lambda c: c.insert("q", "r", metadata=[1]),
+        lambda c: c.insert("q", "r", context="not a list"),
+        lambda c: c.insert_many(["ok", ""], ["a", "b"]),
+        lambda c: c.insert_many(["ok"], ["a", "b"]),
+        lambda c: c.lookup("   "),
+        lambda c: c.lookup(None),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_lost(make_cache, call):
+    cache = make_cache()
+    cache.insert("keep me safe", "kept")
+    with pytest.raises(InvalidInputError):
+        call(cache)
+    assert len(cache) == 1 and cache.lookup("keep me safe").response == "kept"
+
+
+def test_huge_query_is_truncated_and_says_so(make_cache):
+    cache = make_cache()
+    got = cache.lookup("tell me " * 200_000)
+    assert got.truncated and not got.hit
+
+
+def test_nan_and_wrong_shape_vectors_are_refused():
+    index = VectorIndex(4)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        index.add(1, np.array([np.nan, 0, 0, 1], np.float32))
+    with pytest.raises(InvalidInputError, match="dimension"):
+        index.add(1, np.ones(5, np.float32))
+    with pytest.raises(InvalidInputError, match="zero"):
+        index.search(np.zeros(4, np.float32), 1)
+    assert len(index) == 0
+
+
+def test_snapshot_round_trip_through_folder_store(tmp_path, make_cache, clock):
+    store = LocalFolderStore(tmp_path)
+    cache = make_cache(store=store)
+    eid = cache.insert("persist this question", "answer", context=["first turn"], ttl_seconds=100)
+    cache.feedback(eid, True)
+    cache.save()
+    again = make_cache(store=store)
+    assert len(again) == 1
+    got = again.lookup("persist this question", context=["first turn"])
+    assert got.hit and got.entry_id == eid and again.get(eid).right_feedback == 1
+    assert again.insert("another one", "x") == eid + 1  # ids are never reused
+
+
+def test_corrupted_snapshot_raises_and_keeps_state(tmp_path, make_cache):
+    store = LocalFolderStore(tmp_path)
+    cache = make_cache(store=store)
+    cache.insert("valuable entry", "v")
+    cache.save()
+    good = store.get(cache.key)
+    broken = good[:-5] + b"\x00\x00\x00\x00\x00"
+    with pytest.raises(SnapshotError, match="checksum"):
+        cache.restore(broken)
+    assert cache.lookup("valuable entry").hit
+    (tmp_path / cache.key).write_bytes(broken)
+    with pytest.raises(SnapshotError):
+        make_cache(store=store)
+    assert (tmp_path / cache.key).read_bytes() == broken  # loading never rewrites the file
+
+
+def test_snapshot_from_other_encoder_or_user_is_refused(make_cache, clock, config):
+    store = MemoryStore()
+    cache = make_cache(store=store)
+    cache.insert("q", "r")
+    cache.save()
+    other = SemanticCache(
+        "alice",
+        store=MemoryStore(),
+        config=config,
+        embedder=HashingEmbedder(fingerprint="other"),
+        clock=clock,
+    )
+    with pytest.raises(SnapshotError, match="another encoder"):
+        other.restore(store.get(cache.key))
+    bob = make_cache(user="bob")
+    with pytest.raises(SnapshotError, match="another user"):
+        bob.restore(store.get(cache.key))
+
+
+def test_users_never_see_each_others_entries(embedder, config, tmp_path):
+    registry = CacheRegistry(LocalFolderStore(tmp_path), config, embedder, max_loaded=1)
+    with registry.use("alice", mutate=True) as alice:
+        alice.insert("my secret diagnosis", "alice only")
+    for _ in range(2):  # once loaded, once after eviction and reload from disk
+        with registry.use("bob") as bob:
+            assert not bob.lookup("my secret diagnosis").hit
+            assert len(bob) == 0
+        with registry.use("alice") as alice:
+            assert alice.lookup("my secret diagnosis").response == "alice only"
+
+
+def test_registry_saves_evicted_and_flushes(embedder, config, tmp_path):
+    store = LocalFolderStore(tmp_path)
+    registry = CacheRegistry(store, config, embedder, max_loaded=1)
+    with registry.use("u1", mutate=True) as c:
+        c.insert("question one", "1")
+    with registry.use("u2", mutate=True) as c:  # evicts u1, which is saved
+        c.insert("question two", "2")
+    assert len(SemanticCache("u1", store=store, config=config, embedder=embedder)) == 1
+    assert registry.flush() == 1
+    assert len(SemanticCache("u2", store=store, config=config, embedder=embedder)) == 1
+
+
+def test_concurrent_inserts_and_lookups_lose_nothing(make_cache):
+    cache = make_cache()
+    errors = []
+
+    def worker(n):
+        try:
+            for i in range(50):
+                cache.insert(f"thread {n} question {i}", f"{n}-{i}")
+                cache.lookup(f"thread {n} question {i // 2}")
+        except Exception as exc:  # pragma: no cover - the assertion reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(cache) == 300 and len({e for e in cache._entries}) == 300
+    restored = make_cache()
+    restored.restore(cache.to_bytes())
+    assert len(restored) == 300
+
+
+def test_cached_decorator_calls_llm_once(make_cache):
+    cache = make_cache()
+    calls = []
+
+    @cached(cache)
+    def ask(prompt, temperature=0.0, context=None):
+        calls.append((prompt, context))
+        return f"answer to {prompt}"
+
+    assert ask("what is edgecache") == "answer to what is edgecache"
+    assert ask("What is edgecache?") == "answer to what is edgecache"
+    ask("and the price", context=["edgecache pricing"])
+    ask("and the price", context=["something unrelated entirely"])
+    assert len(calls) == 3

@@ -1,0 +1,144 @@
+"""The HTTP service on a real loopback socket, with the hashing embedder."""
+
+import http.client
+import json
+import threading
+
+import pytest
+
+from edgecache import LocalFolderStore
+from edgecache.registry import CacheRegistry
+from edgecache.server import CacheServer
+
+
+@pytest.fixture
+def server(tmp_path, embedder, config):
+    registry = CacheRegistry(LocalFolderStore(tmp_path), config, embedder)
+    srv = CacheServer(registry, "127.0.0.1", 0, flush_seconds=0.05)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    thread.join(timeout=5)
+
+
+def call(srv, method, path, body=None, user="alice", raw=None, headers=None):
+    conn = http.client.HTTPConnection(*srv.address, timeout=10)
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    if user:
+        hdrs["X-Edgecache-User"] = user
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers=hdrs)
+    resp = conn.getresponse()
+    payload = resp.read()
+    conn.close()
+    ctype = resp.getheader("Content-Type", "")
+    return resp.status, json.loads(payload) if ctype.startswith("application/json") else payload.decode()
+
+
+def test_insert_lookup_feedback_delete(server):
+    status, out = call(
+        server, "POST", "/v1/insert", {"query": "reset my password", "response": "Use the link"}
+    )
+    assert status == 200
+    eid = out["entry_id"]
+    status, out = call(server, "POST", "/v1/lookup", {"query": "Reset my password!"})
+    assert status == 200 and out["hit"] and out["entry_id"] == eid and out["response"] == "Use the link"
+    assert call(server, "POST", "/v1/feedback", {"entry_id": eid, "correct": True})[1]["right"] == 1
+    assert call(server, "POST", "/v1/delete", {"entry_id": eid})[0] == 200
+    assert call(server, "POST", "/v1/delete", {"entry_id": eid})[0] == 404
+    assert call(server, "POST", "/v1/lookup", {"query": "reset my password"})[1]["hit"] is False
+
+
+def test_context_over_http(server):
+    call(
+        server,
+        "POST",
+        "/v1/insert",
+        {"query": "what is its population", "response": "68M", "context": ["tell me about france"]},
+    )
+    hit = call(
+        server, "POST", "/v1/lookup", {"query": "what is its population", "context": ["tell me about france"]}
+    )[1]
+    miss = call(
+        server, "POST", "/v1/lookup", {"query": "what is its population", "context": ["tell me about japan"]}
+    )[1]
+    assert hit["hit"] and not miss["hit"] and miss["reason"] == "context_mismatch"
+
+
+def test_user_comes_from_header_and_users_are_isolated(server):
+    call(server, "POST", "/v1/insert", {"query": "alice private note", "response": "secret"}, user="alice")
+    status, out = call(
+        server, "POST", "/v1/lookup", {"query": "alice private note", "user": "alice"}, user="bob"
+    )
+    assert status == 200 and out["hit"] is False
+    status, out = call(server, "POST", "/v1/lookup", {"query": "x"}, user=None)
+    assert status == 401 and out["error"]["type"] == "unauthenticated"
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({"query": 5}).encode(), "must be str"),
+        (json.dumps({"query": "   "}).encode(), "empty"),
+        (json.dumps({}).encode(), "missing field"),
+        (json.dumps({"query": "q", "context": "not a list"}).encode(), "must be list"),
+    ],
+)
+def test_bad_requests_get_json_400(server, raw, fragment):
+    status, out = call(server, "POST", "/v1/lookup", raw=raw)
+    assert status == 400 and fragment in out["error"]["message"]
+
+
+def test_bad_insert_loses_nothing(server):
+    call(server, "POST", "/v1/insert", {"query": "keep this", "response": "kept"})
+    for body in (
+        {"query": "q", "response": 7},
+        {"query": "q", "response": "r", "ttl_seconds": -5},
+        {"query": "q", "response": "r", "ttl_seconds": True},
+    ):
+        assert call(server, "POST", "/v1/insert", body)[0] == 400
+    assert call(server, "GET", "/v1/stats")[1]["entries"] == 1
+
+
+def test_huge_query_is_truncated_not_refused(server):
+    status, out = call(server, "POST", "/v1/lookup", {"query": "long " * 220_000})  # ~1.1 MB
+    assert status == 200 and out["truncated"] is True
+
+
+def test_oversized_body_is_413_before_it_is_read(server):
+    conn = http.client.HTTPConnection(*server.address, timeout=10)
+    conn.putrequest("POST", "/v1/lookup")
+    conn.putheader("X-Edgecache-User", "alice")
+    conn.putheader("Content-Length", str(9 * 1024 * 1024))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["error"]["type"] == "too_large"
+    conn.close()
+
+
+def test_routes_health_metrics(server):
+    assert call(server, "GET", "/health", user=None)[1]["status"] == "ok"
+    call(server, "POST", "/v1/lookup", {"query": "count me"})
+    status, text = call(server, "GET", "/metrics", user=None)
+    assert status == 200 and "edgecache_lookups_total 1" in text
+    assert call(server, "GET", "/nope")[0] == 404
+    assert call(server, "GET", "/v1/lookup")[0] == 405
+
+
+def test_writes_are_flushed_to_the_store(server, tmp_path, embedder, config):
+    import time
+
+    from edgecache import SemanticCache
+
+    call(server, "POST", "/v1/insert", {"query": "durable question", "response": "durable"})
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        reloaded = SemanticCache("alice", store=LocalFolderStore(tmp_path), config=config, embedder=embedder)
+        if len(reloaded):
+            break
+        time.sleep(0.05)
+    assert reloaded.lookup("durable question").response == "durable"
