@@ -11,7 +11,7 @@ def test_bad_queries_raise(bad):
 
 
 def test_utf8_bytes_are_accepted_and_normalised():
-    c = clean_query("  How   do I\nenable ２FA? ".encode())
+    c = clean_query("  How   do I\nenable \uff12FA? ".encode())  # fullwidth digit two
     assert c.normalized == "How do I enable 2FA?"
     assert not c.clipped
 
