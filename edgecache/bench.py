@@ -26,6 +26,7 @@ import numpy as np
 from .cache import SemanticCache
 from .config import CacheConfig
 from .embedder import Embedded, ProjectedEncoder, shared_embedder
+from .evaldata import data_root
 from .evalrun import qqp_vectors
 from .stores import LocalFolderStore
 
@@ -103,7 +104,16 @@ def run_gptcache(python: str, sizes: list[int], queries: int) -> dict:
     out = {}
     for n in sizes:
         proc = subprocess.run(
-            [python, str(GPTCACHE_SCRIPT), "--n-entries", str(n), "--n-queries", str(queries)],
+            [
+                python,
+                str(GPTCACHE_SCRIPT),
+                "--n-entries",
+                str(n),
+                "--n-queries",
+                str(queries),
+                "--input",
+                str(data_root() / "paraphrase" / "qqp_dev.jsonl.gz"),
+            ],
             capture_output=True,
             text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -111,7 +121,7 @@ def run_gptcache(python: str, sizes: list[int], queries: int) -> dict:
         if proc.returncode != 0:
             out[str(n)] = {"error": proc.stderr[-2000:]}
             continue
-        out[str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[str(n)] = json.loads(proc.stdout[proc.stdout.index("{") :])
     return out
 
 
@@ -186,10 +196,10 @@ def run_bench(
         )
         for n, row in results["gptcache"].items():
             ours = results["sizes"].get(n, {}).get("lookup", {}).get("p50_ms")
-            if "lookup_p50_ms" in row and ours:
-                row["ratio_gptcache_over_edgecache_p50"] = row["lookup_p50_ms"] / ours
+            if "get_p50_ms" in row and ours:
+                row["ratio_gptcache_over_edgecache_p50"] = row["get_p50_ms"] / ours
                 print(
-                    f"GPTCache {n}: lookup p50 {row['lookup_p50_ms']:.1f} ms -> edgecache is "
+                    f"GPTCache {n}: lookup p50 {row['get_p50_ms']:.1f} ms -> edgecache is "
                     f"{row['ratio_gptcache_over_edgecache_p50']:.0f}x faster",
                     flush=True,
                 )

@@ -17,7 +17,7 @@ from .embedder import Embedder, shared_embedder
 from .errors import EntryNotFoundError, InvalidInputError, SnapshotError
 from .results import CacheStats, Entry, LookupResult
 from .stores import MemoryStore, Store, check_user, user_key
-from .text import as_text, clean_context, clean_query
+from .text import CleanText, as_text, clean_context, clean_query
 from .vectorindex import VectorIndex
 
 
@@ -62,22 +62,42 @@ class SemanticCache:
 
     # -- embedding -------------------------------------------------------------------
 
-    def _embed(self, query: object, context: object) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        q = clean_query(query)
-        turns = clean_context(context)
-        texts = [q.normalized]
-        if turns:
-            texts.append(context_text([t.normalized for t in turns], self.config.context_turns))
-        out = self.embedder.embed(texts)
-        truncated = q.clipped or any(t.clipped for t in turns) or any(out.truncated)
-        ctx = out.vectors[1] if turns else None
-        return out.vectors[0], ctx, truncated
+    def _embed(
+        self, queries: list[CleanText], turns: list[list[CleanText]], batch_size: int = 64
+    ) -> tuple[np.ndarray, dict[int, np.ndarray], list[bool]]:
+        """Index vectors (the query alone), context-chain vectors by position, truncation flags.
+
+        Measured on MeanCache's contextual data: indexing a follow-up by the joint text of
+        context + query lets a shared context swamp the question ("when was it signed" hit
+        "when was it completed"), so the query and its context are embedded and checked apart.
+        """
+        contexts = {
+            i: context_text([t.normalized for t in ts], self.config.context_turns)
+            for i, ts in enumerate(turns)
+            if ts
+        }
+        texts = [q.normalized for q in queries]
+        texts += list(contexts.values())
+        vectors, truncated = [], []
+        for start in range(0, len(texts), batch_size):
+            out = self.embedder.embed(texts[start : start + batch_size])
+            vectors.append(out.vectors)
+            truncated += out.truncated
+        allv = np.concatenate(vectors)
+        n = len(queries)
+        ctx = dict(zip(contexts, allv[n:], strict=True))
+        flags = [
+            q.clipped or any(t.clipped for t in ts) or truncated[i]
+            for i, (q, ts) in enumerate(zip(queries, turns, strict=True))
+        ]
+        return allv[:n], ctx, flags
 
     # -- API -------------------------------------------------------------------------
 
     def lookup(self, query: object, context: list[str] | None = None) -> LookupResult:
         """Answer from the cache if an entry means the same in the same context."""
-        vector, ctx, truncated = self._embed(query, context)
+        vectors, contexts, flags = self._embed([clean_query(query)], [clean_context(context)])
+        vector, ctx, truncated = vectors[0], contexts.get(0), flags[0]
         now = self._clock()
         with self._lock:
             self._lookups += 1
@@ -165,13 +185,7 @@ class SemanticCache:
         response_texts = [as_text(r, "response") for r in responses]
         cleaned = [clean_query(q) for q in queries]
         turns = [clean_context(c) for c in contexts]
-        vectors = self._embed_texts([q.normalized for q in cleaned], batch_size)
-        with_ctx = [i for i, t in enumerate(turns) if t]
-        ctx_vectors = self._embed_texts(
-            [context_text([t.normalized for t in turns[i]], self.config.context_turns) for i in with_ctx],
-            batch_size,
-        )
-        ctx_of = dict(zip(with_ctx, ctx_vectors, strict=True))
+        vectors, ctx_of, _ = self._embed(cleaned, turns, batch_size)
         now = self._clock()
         ttl = ttl_seconds if ttl_seconds is not None else self.config.ttl_seconds
         with self._lock:
@@ -194,12 +208,6 @@ class SemanticCache:
             self._inserts += n
             self._evict_over_limit()
             return ids
-
-    def _embed_texts(self, texts: list[str], batch_size: int) -> np.ndarray:
-        parts = [
-            self.embedder.embed(texts[i : i + batch_size]).vectors for i in range(0, len(texts), batch_size)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
 
     def _evict_over_limit(self) -> None:
         limit = self.config.max_entries

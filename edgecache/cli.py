@@ -105,10 +105,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f" R {rt['recall']:.3f} @{rt['threshold']:.2f}"
         )
     for name, c in results["contextual"].items():
-        print(
-            f"contextual {name:>26}: F1 {c['f1']:.3f} P {c['precision']:.3f} R {c['recall']:.3f}"
-            f" false hits {c['false_hits_on_negatives']}/{c['negatives']}"
+        if name == "tune_sweep":
+            continue
+        scored = (
+            f"F1 {c['f1']:.3f} P {c['precision']:.3f} R {c['recall']:.3f} "
+            f"(MeanCache negatives: F1 {c['meancache_f1']:.3f} P {c['meancache_precision']:.3f}) "
+            if "f1" in c
+            else ""
         )
+        print(f"contextual {name}: {scored}false hits {c['false_hits']} of {c['negatives']}")
     print(f"wrote {Path(args.out) / 'eval.json'} and eval_pr.png")
     return 0
 

@@ -42,6 +42,14 @@ class Candidate:
 class Thresholds:
     similarity: float
     context: float
+    # Paraphrased follow-ups spread wider than standalone queries; the context check
+    # guards them, so they may use a lower query threshold.
+    followup: float | None = None
+
+    def for_query(self, has_context: bool) -> float:
+        if has_context and self.followup is not None:
+            return self.followup
+        return self.similarity
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ def decide(candidate: Candidate, thresholds: Thresholds, now: float) -> Decision
         return Decision(False, Reason.EXPIRED, candidate)
     if candidate.wrong_feedback > candidate.right_feedback:
         return Decision(False, Reason.DISPUTED, candidate)
-    if candidate.similarity < thresholds.similarity:
+    if candidate.similarity < thresholds.for_query(candidate.query_has_context):
         return Decision(False, Reason.BELOW_THRESHOLD, candidate)
     if candidate.query_has_context != candidate.entry_has_context:
         return Decision(False, Reason.CONTEXT_SHAPE, candidate)

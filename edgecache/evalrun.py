@@ -14,7 +14,7 @@ from .config import CacheConfig
 from .embcache import encode_cached
 from .encoder import Encoder, load_encoder
 from .evaldata import Pair, load_contextual, load_qqp
-from .evaluation import contextual, index_bytes_per_entry, pairwise, retrieval
+from .evaluation import MemoEmbedder, contextual, index_bytes_per_entry, pairwise, retrieval
 from .projection import Projection, fit_pca, identity, shipped
 
 # Retrieval requires both: best F1 among operating points with precision >= this.
@@ -115,11 +115,50 @@ def compression_table(data: QQPVectors, dims=(384, 128, 64, 32), dtypes=("f32", 
     return rows
 
 
+CONTEXT_GRID = tuple(round(t, 2) for t in np.arange(0.30, 0.91, 0.05))
+
+
 def contextual_report(config: CacheConfig, encoder: Encoder, projection: Projection) -> dict:
+    """Follow-up thresholds chosen on even-numbered new_claude conversations, reported on odd.
+
+    The other MeanCache files have no paraphrased follow-ups, so they only measure false
+    hits (a follow-up asked under another conversation's first turn, or standalone).
+    """
+    from dataclasses import replace
+
     from .embedder import ProjectedEncoder
 
-    embedder = ProjectedEncoder(encoder, projection)
-    return {name: contextual(convs, embedder, config) for name, convs in load_contextual().items()}
+    embedder = MemoEmbedder(ProjectedEncoder(encoder, projection))
+    sets = load_contextual()
+    claude = sets.pop("new_claude")
+    tune, held_out = claude[0::2], claude[1::2]
+    sweep = []
+    for followup in CONTEXT_GRID:
+        for ctx in CONTEXT_GRID:
+            cfg = replace(config, followup_threshold=followup, context_threshold=ctx)
+            sweep.append((contextual(tune, embedder, cfg), followup, ctx))
+    eligible = [s for s in sweep if s[0]["precision"] >= 0.95] or sweep
+    best, followup, ctx = max(eligible, key=lambda s: (s[0]["f1"], s[1], s[2]))
+    chosen = replace(config, followup_threshold=followup, context_threshold=ctx)
+    out: dict = {
+        "chosen_on_tune_half": {"followup_threshold": followup, "context_threshold": ctx, **best},
+        "tune_sweep": [
+            {
+                "followup_threshold": f,
+                "context_threshold": c,
+                "f1": r["f1"],
+                "precision": r["precision"],
+                "recall": r["recall"],
+            }
+            for r, f, c in sweep
+        ],
+        "new_claude_held_out_at_chosen": contextual(held_out, embedder, chosen),
+        "new_claude_held_out_at_default": contextual(held_out, embedder, config),
+        "new_claude_all_at_default": contextual(claude, embedder, config),
+    }
+    for name, convs in sets.items():
+        out[f"{name}_at_default"] = contextual(convs, embedder, config)
+    return out
 
 
 def plot_pr(results: dict, path: Path) -> None:

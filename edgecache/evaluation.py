@@ -6,6 +6,7 @@ Thresholds are chosen on the validation split and only then applied to test.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -13,10 +14,9 @@ import numpy as np
 from .cache import SemanticCache
 from .config import CacheConfig
 from .decision import Candidate, Thresholds, decide, first_hit
-from .embedder import Embedder
+from .embedder import Embedded, Embedder
 from .evaldata import Conversation, Pair
 from .metrics import Scores, scores
-from .projection import Projection
 from .stores import MemoryStore
 from .vectorindex import VectorIndex
 
@@ -124,63 +124,126 @@ def index_bytes_per_entry(vectors: np.ndarray, dtype: str, connectivity: int = 8
     }
 
 
-class ArrayEmbedder:
-    """An Embedder over precomputed encoder vectors, so the real cache runs on eval data."""
+class MemoEmbedder:
+    """Wraps an Embedder and remembers every text's vector: threshold sweeps re-ask often."""
 
-    def __init__(self, table: dict[str, np.ndarray], projection: Projection, fingerprint: str):
-        self._table, self._projection = table, projection
-        self.dim, self.fingerprint = projection.out_dim, fingerprint
+    def __init__(self, inner: Embedder) -> None:
+        self.inner, self.dim, self.fingerprint = inner, inner.dim, inner.fingerprint
+        self._memo: dict[str, tuple[np.ndarray, bool]] = {}
 
-    def embed(self, texts: list[str]):
-        from .embedder import Embedded
+    def embed(self, texts: list[str]) -> Embedded:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if missing:
+            out = self.inner.embed(missing)
+            self._memo.update(zip(missing, zip(out.vectors, out.truncated, strict=True), strict=True))
+        rows = [self._memo[t] for t in texts]
+        return Embedded(np.stack([r[0] for r in rows]), [r[1] for r in rows])
 
-        return Embedded(
-            self._projection.apply(np.stack([self._table[t] for t in texts])), [False] * len(texts)
-        )
+
+NEGATIVE_KINDS = ("other_first_turn", "other_follow_up", "standalone")
+
+# Words that frame a first turn without naming its topic ("Explain the significance of X").
+_FRAMING = frozenset(
+    "a an the of in on to and or for is are was were what who how why when which describe explain "
+    "tell me about can you could please give overview significance importance main key features "
+    "history role impact".split()
+)
+
+
+def same_topic(first_a: str, first_b: str) -> bool:
+    """Ground truth for "is this the same conversation topic", independent of any model.
+
+    The data rephrases first turns ("Describe the significance of the Mona Lisa." /
+    "Describe the cultural significance of the Mona Lisa."), and a follow-up under a
+    rephrased first turn is a correct hit. Topic words (framing words removed) of the
+    shorter turn must mostly appear in the other.
+    """
+    words_a, words_b = (
+        {w for w in re.findall(r"[a-z0-9]+", t.lower()) if w not in _FRAMING} for t in (first_a, first_b)
+    )
+    if not words_a or not words_b:
+        return first_a.strip().lower() == first_b.strip().lower()
+    return len(words_a & words_b) / min(len(words_a), len(words_b)) > 0.5
 
 
 def contextual(conversations: Sequence[Conversation], embedder: Embedder, config: CacheConfig) -> dict:
     """Follow-ups must hit only under a matching first turn (MeanCache's contextual test).
 
-    Cache: every first turn (standalone) and every follow-up under its first turn.
-    Positives: the paraphrased follow-up under the paraphrased first turn must return its
-    own entry; the paraphrased first turn alone must return the first turn's entry.
-    Negatives: each follow-up under another conversation's first turn, and each
-    follow-up asked standalone, must miss.
+    Cache: every first turn (standalone) and, per distinct follow-up text, the first
+    conversation that asks it (under its first turn).
+    Positives: a cached conversation's paraphrased follow-up under its paraphrased first
+    turn must return that follow-up (or the same follow-up cached under a rephrasing of
+    its first turn); the paraphrased first turn alone must return a first turn on its topic.
+    Negatives, each must miss:
+    - other_first_turn: the same follow-up words under a first turn on another topic
+      ("what is its population?" after Japan, cached after France; see `same_topic`);
+    - other_follow_up: another conversation's follow-up asked under a cached first turn
+      (the topic matches, the question does not);
+    - standalone: a follow-up asked with no context.
+    `precision`/`f1` count every kind; `meancache_*` count only other_first_turn and
+    standalone, the negatives of MeanCache's own protocol.
     """
     cache = SemanticCache("eval", store=MemoryStore(), config=config, embedder=embedder)
-    own: dict[tuple[str, str], int] = {}
     first_ids: dict[str, int] = {}
+    cached: dict[str, tuple[Conversation, int]] = {}
     for c in conversations:
         if c.u0 not in first_ids:
             first_ids[c.u0] = cache.insert(c.u0, "first turn")
-        if (c.u0, c.u1) not in own:
-            own[(c.u0, c.u1)] = cache.insert(c.u1, "follow-up", context=[c.u0])
+        if c.u1 not in cached:
+            cached[c.u1] = (c, cache.insert(c.u1, "follow-up", context=[c.u0]))
     tp = fp = fn = 0
-    negatives = false_hits = 0
-    for c in conversations:
+    false_hits = dict.fromkeys(NEGATIVE_KINDS, 0)
+    negatives = dict.fromkeys(NEGATIVE_KINDS, 0)
+    first_of = {entry_id: u0 for u0, entry_id in first_ids.items()}
+    owner_of = {entry_id: c for c, entry_id in cached.values()}
+
+    def right_follow_up(c: Conversation) -> Callable[[int], bool]:
+        return lambda eid: eid in owner_of and owner_of[eid].u1 == c.u1 and same_topic(owner_of[eid].u0, c.u0)
+
+    def right_first(c: Conversation) -> Callable[[int], bool]:
+        return lambda eid: eid in first_of and same_topic(first_of[eid], c.u0)
+
+    for c, _ in cached.values():
         if c.u0_paraphrase and c.u1_paraphrase:
-            got = cache.lookup(c.u1_paraphrase, context=[c.u0_paraphrase])
-            tp, fp, fn = _count(got, own[(c.u0, c.u1)], tp, fp, fn)
-            got = cache.lookup(c.u0_paraphrase)
-            tp, fp, fn = _count(got, first_ids[c.u0], tp, fp, fn)
-    n = len(conversations)
-    pairs_under_other = {(u0, u1) for (u0, u1) in own}
-    for i, c in enumerate(conversations):
-        other = conversations[(i + n // 2) % n].u0
-        if other == c.u0 or (other, c.u1) in pairs_under_other:
-            continue
-        for got in (cache.lookup(c.u1, context=[other]), cache.lookup(c.u1)):
-            negatives += 1
-            if got.hit:
-                false_hits += 1
-                fp += 1
-    s = scores(config.context_threshold, tp, fp, fn, tp + fn + negatives)
-    return {**s.to_dict(), "negatives": negatives, "false_hits_on_negatives": false_hits}
+            tp, fp, fn = _count(
+                cache.lookup(c.u1_paraphrase, context=[c.u0_paraphrase]), right_follow_up(c), tp, fp, fn
+            )
+            tp, fp, fn = _count(cache.lookup(c.u0_paraphrase), right_first(c), tp, fp, fn)
+    follow_ups = list(cached.values())
+    for i, (c, _) in enumerate(follow_ups):
+        other = follow_ups[(i + len(follow_ups) // 2) % len(follow_ups)][0]
+        asks = {"standalone": cache.lookup(c.u1)}
+        if other.u0 != c.u0:
+            asks["other_follow_up"] = cache.lookup(other.u1, context=[c.u0])
+        for kind, got in asks.items():
+            negatives[kind] += 1
+            false_hits[kind] += got.hit
+    for c in conversations:
+        owner = cached[c.u1][0]
+        if not same_topic(c.u0, owner.u0):
+            negatives["other_first_turn"] += 1
+            false_hits["other_first_turn"] += cache.lookup(c.u1, context=[c.u0]).hit
+    n_neg = sum(negatives.values())
+    out = {
+        "negatives": negatives,
+        "false_hits": false_hits,
+        "false_hit_rate": {k: false_hits[k] / max(negatives[k], 1) for k in NEGATIVE_KINDS},
+    }
+    if tp + fn:  # only sets with paraphrased follow-ups have positives to score
+        out.update(
+            scores(
+                config.followup_threshold, tp, fp + sum(false_hits.values()), fn, tp + fn + n_neg
+            ).to_dict()
+        )
+        mc_fp = fp + false_hits["other_first_turn"] + false_hits["standalone"]
+        mc = scores(config.followup_threshold, tp, mc_fp, fn, tp + fn + n_neg)
+        out.update({"meancache_precision": mc.precision, "meancache_f1": mc.f1})
+    return out
 
 
-def _count(got, expected: int, tp: int, fp: int, fn: int) -> tuple[int, int, int]:
-    if got.hit and got.entry_id == expected:
+def _count(got, is_right: Callable[[int], bool], tp: int, fp: int, fn: int) -> tuple[int, int, int]:
+    """A positive query: right if it hits an entry that answers it (same question, same topic)."""
+    if got.hit and is_right(got.entry_id):
         return tp + 1, fp, fn
     if got.hit:
         return tp, fp + 1, fn + 1

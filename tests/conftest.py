@@ -16,7 +16,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def config() -> CacheConfig:
-    return CacheConfig(threshold=0.9, context_threshold=0.9)
+    return CacheConfig(threshold=0.9, followup_threshold=0.8, context_threshold=0.9)
 
 
 @pytest.fixture

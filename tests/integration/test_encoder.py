@@ -1,0 +1,84 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgecache import ModelNotBuiltError
+from edgecache.encoder import current_model_dir, load_encoder
+
+pytestmark = pytest.mark.integration
+
+
+def test_vectors_are_unit_and_batch_matches_single():
+    enc = load_encoder()
+    texts = ["hi", "How do I enable two-factor authentication?", "What is the capital of France?"]
+    batch = enc.encode(texts)
+    assert batch.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-3)
+    single = np.stack([enc.encode(t) for t in texts])
+    assert np.min(np.sum(batch * single, axis=1)) > 0.98  # padding does not change meaning
+
+
+def test_paraphrase_is_nearer_than_unrelated():
+    enc = load_encoder()
+    a, b, c = enc.encode(
+        [
+            "How can I lose weight fast?",
+            "What is the quickest way to lose weight?",
+            "Who won the world cup in 2010?",
+        ]
+    )
+    assert a @ b > 0.8 > 0.3 > a @ c
+
+
+def test_long_input_is_flagged_truncated():
+    enc = load_encoder()
+    out = enc.encode_detailed(["short one", "word " * 600])
+    assert out.truncated == [False, True]
+
+
+def test_missing_model_says_how_to_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECACHE_HOME", str(tmp_path))
+    with pytest.raises(ModelNotBuiltError, match="edgecache model build"):
+        load_encoder()
+
+
+def test_tampered_model_is_refused(tmp_path, monkeypatch):
+    src = current_model_dir()
+    dst = tmp_path / "models" / "minilm-l6-int8"
+    shutil.copytree(src.parent, dst)
+    model = dst / src.name / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    monkeypatch.setenv("EDGECACHE_HOME", str(tmp_path))
+    with pytest.raises(ModelNotBuiltError, match="does not match"):
+        load_encoder()
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120
+    )
+
+
+def test_public_api_in_the_fatal_order_does_not_crash():
+    # vector index (usearch) first, encoder (onnxruntime) second: the order that segfaults raw.
+    out = _run(
+        "from edgecache.vectorindex import VectorIndex\n"
+        "from edgecache.encoder import load_encoder\n"
+        "import numpy as np\n"
+        "i = VectorIndex(384); e = load_encoder(); i.add(1, e.encode('hello'))\n"
+        "print(len(i))"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+def test_user_importing_usearch_first_gets_an_error_not_a_crash():
+    out = _run("import usearch\nimport edgecache")
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert "Import edgecache (or onnxruntime) before usearch" in out.stderr

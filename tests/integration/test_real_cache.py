@@ -1,0 +1,32 @@
+import pytest
+
+from edgecache import CacheConfig, LocalFolderStore, Reason, SemanticCache
+
+pytestmark = pytest.mark.integration
+
+
+def test_follow_up_hits_only_under_its_own_first_turn(real_embedder):
+    cache = SemanticCache("alice", embedder=real_embedder)
+    eid = cache.insert("What is its population?", "About 68 million.", context=["Tell me about France"])
+    japan = cache.lookup("What is its population?", context=["Tell me about Japan"])
+    assert not japan.hit and japan.reason == Reason.CONTEXT_MISMATCH
+    france = cache.lookup("How many people live there?", context=["Tell me about France."])
+    assert france.hit and france.entry_id == eid
+    assert cache.lookup("What is its population?").reason == Reason.CONTEXT_SHAPE
+
+
+def test_paraphrase_hits_and_unrelated_misses(real_embedder):
+    cache = SemanticCache("alice", embedder=real_embedder)
+    eid = cache.insert("How can I lose weight quickly?", "Eat less, move more.")
+    cache.insert("What is the best programming language to learn first?", "Python.")
+    assert cache.lookup("What is the fastest way to lose weight?").entry_id == eid
+    assert not cache.lookup("Who won the 2010 football world cup?").hit
+
+
+def test_snapshot_survives_a_new_process_config(tmp_path, real_embedder):
+    store = LocalFolderStore(tmp_path)
+    cache = SemanticCache("carol", store=store, embedder=real_embedder)
+    cache.insert("How do I renew my passport?", "Fill form DS-82.")
+    cache.save()
+    again = SemanticCache("carol", store=store, embedder=real_embedder, config=CacheConfig())
+    assert again.lookup("how do i renew my passport").response == "Fill form DS-82."
