@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 
 from .encoder import Encoder, load_encoder
 from .projection import Projection, shipped
+
+log = logging.getLogger("edgecache")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,16 @@ class ProjectedEncoder:
         if projection.in_dim != encoder.dim:
             raise ValueError(f"projection expects {projection.in_dim}-d vectors, encoder gives {encoder.dim}")
         self.encoder, self.projection = encoder, projection
+        fitted_on = projection.info.get("fitted_on_encoder")
+        if fitted_on and encoder.fingerprint and fitted_on != encoder.fingerprint:
+            # Still usable (same weights, tiny numeric drift), but its thresholds were tuned elsewhere.
+            log.warning(
+                "projection %s was fitted on encoder %s, this encoder is %s; "
+                "rebuild with the pinned versions or refit: edgecache model fit-projection",
+                projection.name,
+                fitted_on[:12],
+                encoder.fingerprint[:12],
+            )
         self.dim = projection.out_dim
         self.fingerprint = hashlib.sha256(
             f"{encoder.fingerprint}:{projection.fingerprint}".encode()
