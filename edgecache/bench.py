@@ -161,7 +161,7 @@ def run_bench(
                 "lookup": lookup_latency(cache, query_texts),
                 "fill_seconds_precomputed_vectors": fill_s,
                 "snapshot_bytes_per_entry": len(saved) / n,
-                "index_serialized_bytes_per_entry": len(cache._index.to_bytes()) / n,
+                "index_serialized_bytes_per_entry": cache.stats().index_bytes / n,
                 "max_rss_mb": _rss_mb(),
             }
             results["sizes"][str(n)] = row

@@ -14,6 +14,7 @@ from . import snapshot
 from .config import CacheConfig
 from .decision import Candidate, Reason, first_hit
 from .embedder import Embedder, shared_embedder
+from .encoder import length_batches
 from .errors import EntryNotFoundError, InvalidInputError, SnapshotError
 from .results import CacheStats, Entry, LookupResult
 from .stores import MemoryStore, Store, check_user, user_key
@@ -78,12 +79,13 @@ class SemanticCache:
         }
         texts = [q.normalized for q in queries]
         texts += list(contexts.values())
-        vectors, truncated = [], []
-        for start in range(0, len(texts), batch_size):
-            out = self.embedder.embed(texts[start : start + batch_size])
-            vectors.append(out.vectors)
-            truncated += out.truncated
-        allv = np.concatenate(vectors)
+        allv = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        truncated = [False] * len(texts)
+        for idx in length_batches(texts, batch_size):
+            out = self.embedder.embed([texts[i] for i in idx])
+            allv[idx] = out.vectors
+            for i, flag in zip(idx, out.truncated, strict=True):
+                truncated[i] = flag
         n = len(queries)
         ctx = dict(zip(contexts, allv[n:], strict=True))
         flags = [
@@ -272,7 +274,7 @@ class SemanticCache:
                 lookups=self._lookups,
                 hits=self._hits,
                 inserts=self._inserts,
-                index_bytes=self._index.memory_bytes(),
+                index_bytes=self._index.serialized_bytes(),
                 dim=self.embedder.dim,
                 dtype=self.config.dtype,
             )

@@ -103,6 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{s['projection']:>12} {s['dtype']:>3}  pairwise F1 {pw['f1']:.3f} P {pw['precision']:.3f}"
             f" @{pw['threshold']:.2f} | retrieval F1 {rt['f1']:.3f} P {rt['precision']:.3f}"
             f" R {rt['recall']:.3f} @{rt['threshold']:.2f}"
+            f" (lenient P {s['retrieval']['test_lenient_precision_at_validation_threshold']:.3f})"
         )
     for name, c in results["contextual"].items():
         if name == "tune_sweep":

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .encoder import Encoder
+from .encoder import Encoder, length_batches
 from .home import edgecache_home
 
 
@@ -29,11 +29,9 @@ def encode_cached(
     path = edgecache_home() / "embeddings" / f"{digest.hexdigest()[:24]}.npy"
     if path.is_file():
         return np.load(path)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
     bar = _progress(len(texts), desc)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches(texts, batch_size):
         out[idx] = encoder.encode_detailed([texts[i] for i in idx]).vectors
         if bar is not None:
             bar.update(len(idx))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,13 @@ def configure_tokenizer(tokenizer: Tokenizer, max_tokens: int = MAX_TOKENS) -> T
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     return tokenizer
+
+
+def length_batches(texts: list[str], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `texts` in batches of similar length, so padding wastes little work."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,8 @@ class Encoder:
         """One string gives shape (dim,); a list gives (n, dim)."""
         if isinstance(texts, str):
             return self.encode_detailed([texts]).vectors[0]
-        # Sort by length so each batch pads little, then restore the order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_batches(texts, batch_size):
             out[idx] = self.encode_detailed([texts[i] for i in idx]).vectors
         return out
 

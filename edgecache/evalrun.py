@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,13 @@ class QQPVectors:
 
     def matrix(self, split: str) -> np.ndarray:
         return np.stack([self.table[t] for t in self.texts(split)])
+
+    @cached_property
+    def duplicates(self) -> frozenset[tuple[str, str]]:
+        """Every (question, question) pair QQP labels duplicate, both orders, all splits."""
+        return frozenset(
+            pair for s in self.splits.values() for p in s if p.label for pair in ((p.a, p.b), (p.b, p.a))
+        )
 
     def pair_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ps = self.splits[split]
@@ -80,7 +88,9 @@ def evaluate_setting(
                 a, b, y = data.pair_arrays(split)
                 sweeps[split] = pairwise(projection.apply(a), projection.apply(b), y, dtype)
             else:
-                sweeps[split], extra[split] = retrieval(data.splits[split], vec, dtype, connectivity)
+                sweeps[split], extra[split] = retrieval(
+                    data.splits[split], vec, dtype, connectivity, known_duplicates=data.duplicates
+                )
         floor = MIN_PRECISION if protocol == "retrieval" else 0.0
         chosen = metrics.best(sweeps["validation"], floor)
         out[protocol] = {
@@ -89,6 +99,11 @@ def evaluate_setting(
             "test_sweep": [s.to_dict() for s in sweeps["test"]],
             **({"info": extra["test"]} if extra else {}),
         }
+        if extra:
+            lenient = extra["test"]["lenient_precision"]
+            out[protocol]["test_lenient_precision_at_validation_threshold"] = min(
+                lenient.items(), key=lambda kv: abs(kv[0] - chosen.threshold)
+            )[1]
         if threshold is not None:
             out[protocol]["test_at_default_threshold"] = metrics.at(sweeps["test"], threshold).to_dict()
     return out

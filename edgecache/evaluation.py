@@ -66,10 +66,14 @@ def retrieval(
     connectivity: int = 8,
     top_k: int = 4,
     thresholds: Sequence[float] = THRESHOLDS,
+    known_duplicates: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[list[Scores], dict]:
     """Insert every first question into one cache, query with every second question.
 
     A hit is right only when it returns the query's own pair and the pair is a duplicate.
+    `info["lenient_precision"]` (per threshold) also accepts a hit on another entry with the
+    query's exact text or one labelled its duplicate in QQP: the strict rule counts those
+    answers wrong although a user would get the right one.
     """
     firsts = sorted({p.a for p in pairs})
     key_of = {text: i for i, text in enumerate(firsts)}
@@ -84,10 +88,15 @@ def retrieval(
     top1_own = sum(
         1 for p, c in zip(pairs, found, strict=True) if p.label == 1 and c and c[0].entry_id == key_of[p.a]
     )
-    out = []
+
+    def acceptable(query: str, entry_id: int) -> bool:
+        text = firsts[entry_id]
+        return text.strip().casefold() == query.strip().casefold() or (text, query) in known_duplicates
+
+    out, lenient = [], []
     for t in thresholds:
         th = Thresholds(t, 1.0)
-        tp = fp = 0
+        tp = fp = ok = 0
         for p, cands in zip(pairs, found, strict=True):
             verdict = first_hit(cands, th, 0.0)
             if not verdict.hit or verdict.candidate is None:
@@ -96,31 +105,37 @@ def retrieval(
                 tp += 1
             else:
                 fp += 1
+                ok += acceptable(p.b, verdict.candidate.entry_id)
         out.append(scores(t, tp, fp, positives - tp, len(pairs)))
+        lenient.append((tp + ok) / (tp + fp) if tp + fp else 1.0)
     info = {
         "entries": len(firsts),
         "queries": len(pairs),
         "duplicates": positives,
         "top1_own_pair_rate": top1_own / max(positives, 1),
         "index_bytes_saved": len(index.to_bytes()),
+        "lenient_precision": dict(zip(thresholds, lenient, strict=True)),
     }
     return out, info
 
 
 def index_bytes_per_entry(vectors: np.ndarray, dtype: str, connectivity: int = 8) -> dict:
-    """Bytes per entry measured from a real index: serialized size and memory growth."""
+    """Bytes per entry measured from a real index (vectors + HNSW graph + keys, as serialized).
+
+    The marginal number (second half of the entries) excludes the fixed header.
+    """
     n = len(vectors)
     half = n // 2
     index = VectorIndex(vectors.shape[1], dtype, connectivity)
     index.add(np.arange(half, dtype=np.uint64), vectors[:half])
-    mem_half, saved_half = index.memory_bytes(), len(index.to_bytes())
+    at_half = index.serialized_bytes()
     index.add(np.arange(half, n, dtype=np.uint64), vectors[half:])
-    mem_full, saved_full = index.memory_bytes(), len(index.to_bytes())
+    full = index.serialized_bytes()
     return {
         "entries": n,
-        "saved_bytes_per_entry": saved_full / n,
-        "saved_marginal_bytes_per_entry": (saved_full - saved_half) / (n - half),
-        "memory_marginal_bytes_per_entry": (mem_full - mem_half) / (n - half),
+        "bytes_per_entry": full / n,
+        "marginal_bytes_per_entry": (full - at_half) / (n - half),
+        "vector_bytes": vectors.shape[1] * {"f32": 4, "f16": 2, "i8": 1}[dtype],
     }
 
 

@@ -69,5 +69,6 @@ class VectorIndex:
             raise SnapshotError("index bytes do not hold an index of the configured dimension")
         self._index = restored
 
-    def memory_bytes(self) -> int:
-        return int(self._index.memory_usage)
+    def serialized_bytes(self) -> int:
+        """Vectors + graph as stored; usearch's memory_usage counts reserved, untouched arena."""
+        return int(self._index.serialized_length)
