@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +32,7 @@ class Embedder(Protocol):
 
 
 class ProjectedEncoder:
-    def __init__(self, encoder: Encoder, projection: Projection) -> None:
+    def __init__(self, encoder: Encoder, projection: Projection, recent_size: int = 4096) -> None:
         if projection.in_dim != encoder.dim:
             raise ValueError(f"projection expects {projection.in_dim}-d vectors, encoder gives {encoder.dim}")
         self.encoder, self.projection = encoder, projection
@@ -46,16 +47,36 @@ class ProjectedEncoder:
                 encoder.fingerprint[:12],
             )
         self.dim = projection.out_dim
+        self.recent_size = recent_size
+        self._recent: OrderedDict[str, tuple[np.ndarray, bool]] = OrderedDict()
+        self._lock = threading.Lock()
         self.fingerprint = hashlib.sha256(
             f"{encoder.fingerprint}:{projection.fingerprint}".encode()
         ).hexdigest()
 
     def embed(self, texts: list[str]) -> Embedded:
-        out = self.encoder.encode_detailed(texts)
-        return Embedded(self.projection.apply(out.vectors), out.truncated)
+        """Vectors for texts; texts seen recently come from a small LRU instead of the model.
 
-    def embed_many(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self.projection.apply(self.encoder.encode(texts, batch_size=batch_size))
+        Chat traffic repeats itself word for word; a repeat then costs a dict lookup, not
+        a 4 ms encoder run. The LRU is keyed by the exact normalized text.
+        """
+        with self._lock:
+            known = {t: self._recent[t] for t in texts if t in self._recent}
+            for t in known:
+                self._recent.move_to_end(t)
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            out = self.encoder.encode_detailed(missing)
+            fresh = dict(
+                zip(missing, zip(self.projection.apply(out.vectors), out.truncated, strict=True), strict=True)
+            )
+            known.update(fresh)
+            with self._lock:
+                self._recent.update(fresh)
+                while len(self._recent) > self.recent_size:
+                    self._recent.popitem(last=False)
+        rows = [known[t] for t in texts]
+        return Embedded(np.stack([r[0] for r in rows]), [r[1] for r in rows])
 
 
 _shared: dict[tuple, ProjectedEncoder] = {}

@@ -15,7 +15,7 @@ from .config import CacheConfig
 from .embcache import encode_cached
 from .encoder import Encoder, load_encoder
 from .evaldata import Pair, load_contextual, load_qqp
-from .evaluation import MemoEmbedder, contextual, index_bytes_per_entry, pairwise, retrieval
+from .evaluation import contextual, index_bytes_per_entry, pairwise, retrieval
 from .projection import Projection, fit_pca, identity, shipped
 
 # Retrieval requires both: best F1 among operating points with precision >= this.
@@ -143,7 +143,8 @@ def contextual_report(config: CacheConfig, encoder: Encoder, projection: Project
 
     from .embedder import ProjectedEncoder
 
-    embedder = MemoEmbedder(ProjectedEncoder(encoder, projection))
+    # Sized to hold every text of the sets: the threshold sweep re-asks them often.
+    embedder = ProjectedEncoder(encoder, projection, recent_size=1_000_000)
     sets = load_contextual()
     claude = sets.pop("new_claude")
     tune, held_out = claude[0::2], claude[1::2]

@@ -14,7 +14,7 @@ import numpy as np
 from .cache import SemanticCache
 from .config import CacheConfig
 from .decision import Candidate, Thresholds, decide, first_hit
-from .embedder import Embedded, Embedder
+from .embedder import Embedder
 from .evaldata import Conversation, Pair
 from .metrics import Scores, scores
 from .stores import MemoryStore
@@ -137,22 +137,6 @@ def index_bytes_per_entry(vectors: np.ndarray, dtype: str, connectivity: int = 8
         "marginal_bytes_per_entry": (full - at_half) / (n - half),
         "vector_bytes": vectors.shape[1] * {"f32": 4, "f16": 2, "i8": 1}[dtype],
     }
-
-
-class MemoEmbedder:
-    """Wraps an Embedder and remembers every text's vector: threshold sweeps re-ask often."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self.inner, self.dim, self.fingerprint = inner, inner.dim, inner.fingerprint
-        self._memo: dict[str, tuple[np.ndarray, bool]] = {}
-
-    def embed(self, texts: list[str]) -> Embedded:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        if missing:
-            out = self.inner.embed(missing)
-            self._memo.update(zip(missing, zip(out.vectors, out.truncated, strict=True), strict=True))
-        rows = [self._memo[t] for t in texts]
-        return Embedded(np.stack([r[0] for r in rows]), [r[1] for r in rows])
 
 
 NEGATIVE_KINDS = ("other_first_turn", "other_follow_up", "standalone")

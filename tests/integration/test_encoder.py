@@ -82,3 +82,21 @@ def test_user_importing_usearch_first_gets_an_error_not_a_crash():
     out = _run("import usearch\nimport edgecache")
     assert out.returncode == 1, (out.returncode, out.stderr)
     assert "Import edgecache (or onnxruntime) before usearch" in out.stderr
+
+
+def test_recent_texts_skip_the_model_and_the_lru_is_bounded():
+    from edgecache.embedder import ProjectedEncoder
+    from edgecache.projection import shipped
+
+    enc = load_encoder()
+    embedder = ProjectedEncoder(enc, shipped("learned-64"), recent_size=2)
+    calls = []
+    real = enc.encode_detailed
+    enc.encode_detailed = lambda texts: calls.append(list(texts)) or real(texts)
+    first = embedder.embed(["alpha question", "beta question"]).vectors
+    again = embedder.embed(["beta question", "alpha question"]).vectors
+    assert calls == [["alpha question", "beta question"]]
+    assert np.array_equal(first[::-1], again)
+    embedder.embed(["gamma question"])  # evicts beta, the least recently used
+    embedder.embed(["beta question"])
+    assert calls[-1] == ["beta question"] and len(embedder._recent) == 2
