@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = msub.add_parser("fit-projection", help="fit a projection on the QQP training split")
     fit.add_argument("--kind", choices=("pca", "learned"), default="learned")
     fit.add_argument("--dims", type=int, nargs="+", default=[64])
-    fit.add_argument("--epochs", type=int, default=30)
+    fit.add_argument("--epochs", type=int, default=20)
     fit.set_defaults(func=cmd_fit_projection)
 
     ev = sub.add_parser("eval", help="QQP pairwise + retrieval and contextual evaluation")

@@ -28,8 +28,7 @@ class Candidate:
 
     entry_id: int
     similarity: float
-    # None when query and entry are both standalone; otherwise the cosine of their
-    # context-chain embeddings (0.0 is passed when exactly one side has context).
+    # Cosine of the two context-chain embeddings; None unless both sides have context.
     context_similarity: float | None
     query_has_context: bool
     entry_has_context: bool

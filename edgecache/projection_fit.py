@@ -13,19 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .evaluation import pairwise
+from .metrics import best
 from .projection import Projection, fit_pca
-
-
-def _best_pairwise_f1(sims: np.ndarray, labels: np.ndarray) -> float:
-    best = 0.0
-    for t in np.arange(0.3, 0.99, 0.01):
-        hit = sims >= t
-        tp = np.sum(hit & (labels == 1))
-        fp = np.sum(hit & (labels == 0))
-        fn = np.sum(~hit & (labels == 1))
-        if tp:
-            best = max(best, 2 * tp / (2 * tp + fp + fn))
-    return float(best)
 
 
 def fit_learned(
@@ -33,7 +23,7 @@ def fit_learned(
     validation: tuple[np.ndarray, np.ndarray, np.ndarray],
     pca_fit: np.ndarray,
     dim: int,
-    epochs: int = 30,
+    epochs: int = 20,
     batch_size: int = 256,
     lr: float = 2e-3,
     temperature: float = 0.05,
@@ -58,7 +48,7 @@ def fit_learned(
 
     def val_f1(matrix: np.ndarray) -> float:
         p = Projection("tmp", start.mean, matrix, {})
-        return _best_pairwise_f1(np.sum(p.apply(va) * p.apply(vb), axis=1), vy)
+        return best(pairwise(p.apply(va), p.apply(vb), vy)).f1
 
     best_f1, best_matrix, best_epoch = val_f1(start.matrix), start.matrix.copy(), 0
     progress(f"epoch 0 (PCA start): validation pairwise F1 {best_f1:.4f}")
