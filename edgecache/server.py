@@ -129,10 +129,15 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
         def _error(self, status: HTTPStatus, kind: str, message: str) -> None:
+            # The body may be unread (or half read); closing keeps its bytes from being
+            # parsed as the next request on a kept-alive connection.
+            self.close_connection = True
             self._reply(status, {"error": {"type": kind, "message": message}})
 
         def _body(self) -> dict:
@@ -146,7 +151,6 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             except ValueError:
                 raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "bad Content-Length") from None
             if size > MAX_BODY_BYTES:
-                self.close_connection = True
                 raise HttpError(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"body over {MAX_BODY_BYTES} bytes"
                 )

@@ -142,3 +142,24 @@ def test_writes_are_flushed_to_the_store(server, tmp_path, embedder, config):
             break
         time.sleep(0.05)
     assert reloaded.lookup("durable question").response == "durable"
+
+
+def test_error_with_unread_body_closes_the_connection(server):
+    import socket
+
+    smuggled = b"POST /v1/clear HTTP/1.1\r\nX-Edgecache-User: alice\r\nContent-Length: 2\r\n\r\n{}"
+    request = (
+        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        + str(len(smuggled)).encode()
+        + b"\r\n\r\n"
+        + smuggled
+    )
+    call(server, "POST", "/v1/insert", {"query": "keep me", "response": "kept"})
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(request)  # no user header: 401 before the body is read
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
+    assert reply.count(b"HTTP/1.1") == 1  # the body was not run as a second request
+    assert call(server, "GET", "/v1/stats")[1]["entries"] == 1
