@@ -47,13 +47,13 @@ class Service:
 
     def __init__(self, registry: CacheRegistry) -> None:
         self.registry = registry
-        self.routes: dict[tuple[str, str], tuple[Callable[[str, dict], dict], bool]] = {
-            ("POST", "/v1/lookup"): (self.lookup, False),
-            ("POST", "/v1/insert"): (self.insert, True),
-            ("POST", "/v1/feedback"): (self.feedback, True),
-            ("POST", "/v1/delete"): (self.delete, True),
-            ("POST", "/v1/clear"): (self.clear, True),
-            ("GET", "/v1/stats"): (self.stats, False),
+        self.routes: dict[tuple[str, str], Callable[[str, dict], dict]] = {
+            ("POST", "/v1/lookup"): self.lookup,
+            ("POST", "/v1/insert"): self.insert,
+            ("POST", "/v1/feedback"): self.feedback,
+            ("POST", "/v1/delete"): self.delete,
+            ("POST", "/v1/clear"): self.clear,
+            ("GET", "/v1/stats"): self.stats,
         }
 
     def lookup(self, user: str, body: dict) -> dict:
@@ -180,8 +180,8 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                     )
                 if path == "/metrics" and self.command == "GET":
                     return self._reply(HTTPStatus.OK, service.metrics_text(), "text/plain; version=0.0.4")
-                route = service.routes.get((self.command, path))
-                if route is None:
+                handler = service.routes.get((self.command, path))
+                if handler is None:
                     known = {p for (_, p) in service.routes}
                     if path in known:
                         raise HttpError(
@@ -195,7 +195,6 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                     raise HttpError(
                         HTTPStatus.UNAUTHORIZED, "unauthenticated", f"missing {user_header} header"
                     )
-                handler, _ = route
                 self._reply(HTTPStatus.OK, handler(user, self._body()))
             except HttpError as exc:
                 self._error(exc.status, exc.kind, exc.message)
