@@ -1,0 +1,74 @@
+import numpy as np
+
+from edgecache.evaldata import Pair, _component_split
+from edgecache.evaluation import emulate_storage, pairwise, retrieval, same_topic
+from edgecache.metrics import at, best, scores
+
+
+def unit(*v):
+    x = np.asarray(v, np.float32)
+    return x / np.linalg.norm(x)
+
+
+def test_scores_and_selection():
+    s = scores(0.8, tp=8, fp=2, fn=8, n_queries=20)
+    assert (s.precision, s.recall) == (0.8, 0.5) and abs(s.f1 - 0.6153846) < 1e-6 and s.hit_rate == 0.5
+    sweep = [scores(0.7, 9, 9, 1, 20), scores(0.8, 8, 2, 2, 20), scores(0.9, 5, 0, 5, 20)]
+    assert best(sweep).threshold == 0.8
+    assert best(sweep, min_precision=0.95).threshold == 0.9
+    assert at(sweep, 0.79).threshold == 0.8
+
+
+def test_pairwise_counts_every_pair_once():
+    a = np.stack([unit(1, 0), unit(1, 0), unit(1, 0)])
+    b = np.stack([unit(1, 0.1), unit(0, 1), unit(1, 0.2)])
+    labels = np.array([1, 0, 0])
+    (s,) = pairwise(a, b, labels, thresholds=[0.9])
+    assert (s.tp, s.fp, s.fn) == (1, 1, 0)
+
+
+def test_retrieval_needs_own_pair_and_lenient_accepts_exact_text():
+    pairs = [
+        Pair("how to cook rice", "how do I cook rice", 1),
+        Pair("best laptop", "which laptop is best", 0),
+        Pair("how to cook rice?", "how to cook rice", 1),  # first text differs, exact repeat as query
+    ]
+    table = {
+        "how to cook rice": unit(1, 0, 0),
+        "how do I cook rice": unit(1, 0.05, 0),
+        "how to cook rice?": unit(1, 0.3, 0),
+        "best laptop": unit(0, 1, 0),
+        "which laptop is best": unit(0, 1, 0.1),
+    }
+    sweep, info = retrieval(pairs, table.__getitem__, dtype="f32", thresholds=[0.9])
+    (s,) = sweep
+    # pair 1 hits its own entry (tp); pair 2 hits its own entry but is not a duplicate (fp);
+    # pair 3's query is the exact text of pair 1's entry, nearer than its own (fp, lenient ok)
+    assert (s.tp, s.fp, s.fn) == (1, 2, 1)
+    assert info["lenient_precision"][0.9] == 2 / 3
+
+
+def test_storage_emulation_keeps_unit_length_close():
+    x = np.random.default_rng(0).normal(size=(50, 64)).astype(np.float32)
+    for dtype in ("f32", "f16", "i8"):
+        y = emulate_storage(x, dtype)
+        cos = np.sum(y * (x / np.linalg.norm(x, axis=1, keepdims=True)), axis=1) / np.linalg.norm(y, axis=1)
+        assert cos.min() > 0.99
+
+
+def test_same_topic_ignores_framing_words():
+    assert same_topic(
+        "Describe the significance of the Mona Lisa.", "Describe the cultural significance of the Mona Lisa."
+    )
+    assert same_topic(
+        "What are the key features of the Renaissance?", "What is the significance of the Renaissance?"
+    )
+    assert not same_topic(
+        "What are the causes of the French Revolution?", "What are the main causes of World War II?"
+    )
+
+
+def test_split_assignment_is_stable():
+    assert _component_split("how do I learn python?") == _component_split("how do I learn python?")
+    buckets = {_component_split(f"question {i}") for i in range(200)}
+    assert buckets == {"train", "validation", "test"}
