@@ -16,6 +16,7 @@ from .decision import Candidate, Reason, first_hit
 from .embedder import Embedder, shared_embedder
 from .encoder import length_batches
 from .errors import EntryNotFoundError, InvalidInputError, SnapshotError
+from .guards import veto
 from .results import CacheStats, Entry, LookupResult
 from .stores import MemoryStore, Store, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
@@ -98,13 +99,17 @@ class SemanticCache:
 
     def lookup(self, query: object, context: list[str] | None = None) -> LookupResult:
         """Answer from the cache if an entry means the same in the same context."""
-        vectors, contexts, flags = self._embed([clean_query(query)], [clean_context(context)])
+        cleaned = clean_query(query)
+        vectors, contexts, flags = self._embed([cleaned], [clean_context(context)])
         vector, ctx, truncated = vectors[0], contexts.get(0), flags[0]
         now = self._clock()
         with self._lock:
             self._lookups += 1
             keys, sims = self._index.search(vector, self.config.top_k)
-            candidates = [self._candidate(int(k), float(s), ctx) for k, s in zip(keys, sims, strict=True)]
+            candidates = [
+                self._candidate(int(k), float(s), ctx, cleaned.normalized)
+                for k, s in zip(keys, sims, strict=True)
+            ]
             verdict = first_hit([c for c in candidates if c is not None], self.config.thresholds, now)
             cand = verdict.candidate
             if not verdict.hit or cand is None:
@@ -130,7 +135,9 @@ class SemanticCache:
                 metadata=dict(entry.metadata),
             )
 
-    def _candidate(self, entry_id: int, similarity: float, ctx: np.ndarray | None) -> Candidate | None:
+    def _candidate(
+        self, entry_id: int, similarity: float, ctx: np.ndarray | None, query: str
+    ) -> Candidate | None:
         entry = self._entries.get(entry_id)
         if entry is None:
             return None
@@ -147,6 +154,7 @@ class SemanticCache:
             expires_at=entry.expires_at,
             wrong_feedback=entry.wrong_feedback,
             right_feedback=entry.right_feedback,
+            guard=veto(query, entry.query) if self.config.guards else None,
         )
 
     def insert(

@@ -100,7 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for s in results["settings"]:
         pw, rt = s["pairwise"]["test_at_validation_threshold"], s["retrieval"]["test_at_validation_threshold"]
         print(
-            f"{s['projection']:>12} {s['dtype']:>3}  pairwise F1 {pw['f1']:.3f} P {pw['precision']:.3f}"
+            f"{s['projection']:>12} {s['dtype']:>3}{' +guards' if s['guards'] else '':>8}"
+            f"  pairwise F1 {pw['f1']:.3f} P {pw['precision']:.3f}"
             f" @{pw['threshold']:.2f} | retrieval F1 {rt['f1']:.3f} P {rt['precision']:.3f}"
             f" R {rt['recall']:.3f} @{rt['threshold']:.2f}"
             f" (lenient P {s['retrieval']['test_lenient_precision_at_validation_threshold']:.3f})"
@@ -160,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--settings",
         nargs="+",
-        default=["none:f32", "pca-64:i8", "learned-64:i8"],
-        help="projection:dtype pairs",
+        default=["none:f32", "pca-64:i8", "learned-64:i8", "learned-64:i8:guards"],
+        help="projection:dtype[:guards] settings",
     )
     ev.add_argument("--skip-compression", action="store_true")
     ev.set_defaults(func=cmd_eval)

@@ -32,6 +32,8 @@ class CacheConfig:
     context_turns: int = 2
     max_entries: int | None = None
     encoder_threads: int = 1
+    # Veto hits whose texts differ in numbers, negation, opposite words, names or word order.
+    guards: bool = True
 
     def __post_init__(self) -> None:
         for name in ("threshold", "followup_threshold", "context_threshold"):
@@ -51,6 +53,8 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.guards, bool):
+            raise ConfigError(f"guards must be true or false, got {self.guards!r}")
         if self.max_entries is not None and (not isinstance(self.max_entries, int) or self.max_entries < 1):
             raise ConfigError(f"max_entries must be a positive integer or None, got {self.max_entries!r}")
 

@@ -19,6 +19,8 @@ class Reason(StrEnum):
     CONTEXT_SHAPE = "context_shape"
     EXPIRED = "expired"
     DISPUTED = "disputed"
+    # A false-hit guard (edgecache.guards) saw the texts differ in what matters.
+    GUARDED = "guarded"
     EMPTY = "empty"
 
 
@@ -35,6 +37,8 @@ class Candidate:
     expires_at: float | None
     wrong_feedback: int = 0
     right_feedback: int = 0
+    # Why a false-hit guard vetoes this pair ("numbers", "negation", ...); None: no objection.
+    guard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ def decide(candidate: Candidate, thresholds: Thresholds, now: float) -> Decision
         return Decision(False, Reason.DISPUTED, candidate)
     if candidate.similarity < thresholds.for_query(candidate.query_has_context):
         return Decision(False, Reason.BELOW_THRESHOLD, candidate)
+    if candidate.guard is not None:
+        return Decision(False, Reason.GUARDED, candidate)
     if candidate.query_has_context != candidate.entry_has_context:
         return Decision(False, Reason.CONTEXT_SHAPE, candidate)
     if candidate.query_has_context and (

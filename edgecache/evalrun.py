@@ -16,6 +16,7 @@ from .embcache import encode_cached
 from .encoder import Encoder, load_encoder
 from .evaldata import Pair, load_contextual, load_qqp
 from .evaluation import contextual, index_bytes_per_entry, pairwise, retrieval
+from .guards import veto
 from .projection import Projection, fit_pca, identity, shipped
 
 # Retrieval requires both: best F1 among operating points with precision >= this.
@@ -73,9 +74,10 @@ def evaluate_setting(
     dtype: str,
     connectivity: int = 8,
     threshold: float | None = None,
+    guards: bool = False,
 ) -> dict:
     """Both protocols on validation (to pick thresholds) and test (to report)."""
-    out: dict = {"projection": projection.name, "dim": projection.out_dim, "dtype": dtype}
+    out: dict = {"projection": projection.name, "dim": projection.out_dim, "dtype": dtype, "guards": guards}
 
     def vec(text: str) -> np.ndarray:
         return projection.apply(data.table[text])
@@ -86,10 +88,16 @@ def evaluate_setting(
         for split in ("validation", "test"):
             if protocol == "pairwise":
                 a, b, y = data.pair_arrays(split)
-                sweeps[split] = pairwise(projection.apply(a), projection.apply(b), y, dtype)
+                vetoes = [veto(p.b, p.a) for p in data.splits[split]] if guards else None
+                sweeps[split] = pairwise(projection.apply(a), projection.apply(b), y, dtype, vetoes=vetoes)
             else:
                 sweeps[split], extra[split] = retrieval(
-                    data.splits[split], vec, dtype, connectivity, known_duplicates=data.duplicates
+                    data.splits[split],
+                    vec,
+                    dtype,
+                    connectivity,
+                    known_duplicates=data.duplicates,
+                    guards=guards,
                 )
         floor = MIN_PRECISION if protocol == "retrieval" else 0.0
         chosen = metrics.best(sweeps["validation"], floor)
@@ -190,7 +198,8 @@ def plot_pr(results: dict, path: Path) -> None:
             ax.plot(
                 [s["recall"] for s in sweep],
                 [s["precision"] for s in sweep],
-                label=f"{setting['projection']} {setting['dtype']}",
+                label=f"{setting['projection']} {setting['dtype']}"
+                + (" + guards" if setting["guards"] else ""),
             )
             op = setting[protocol]["test_at_validation_threshold"]
             ax.scatter([op["recall"]], [op["precision"]], s=18)
@@ -204,7 +213,7 @@ def plot_pr(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_eval(out_dir: Path, settings: list[tuple[str, str]], with_compression: bool = True) -> dict:
+def run_eval(out_dir: Path, settings: list[tuple[str, ...]], with_compression: bool = True) -> dict:
     started = time.time()
     config = CacheConfig()
     encoder = load_encoder()
@@ -230,9 +239,11 @@ def run_eval(out_dir: Path, settings: list[tuple[str, str]], with_compression: b
         },
         "settings": [],
     }
-    for proj_name, dtype in settings:
+    for proj_name, dtype, *flags in settings:
         proj = projection_for(proj_name, data)
-        results["settings"].append(evaluate_setting(data, proj, dtype, threshold=config.threshold))
+        results["settings"].append(
+            evaluate_setting(data, proj, dtype, threshold=config.threshold, guards="guards" in flags)
+        )
     results["contextual"] = contextual_report(config, encoder, shipped(config.projection))
     if with_compression:
         results["compression"] = compression_table(data)

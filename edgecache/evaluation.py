@@ -16,6 +16,7 @@ from .config import CacheConfig
 from .decision import Candidate, Thresholds, decide, first_hit
 from .embedder import Embedder
 from .evaldata import Conversation, Pair
+from .guards import veto
 from .metrics import Scores, scores
 from .stores import MemoryStore
 from .vectorindex import VectorIndex
@@ -23,8 +24,8 @@ from .vectorindex import VectorIndex
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.50, 0.991, 0.01))
 
 
-def _standalone(entry_id: int, similarity: float) -> Candidate:
-    return Candidate(entry_id, similarity, None, False, False, None)
+def _standalone(entry_id: int, similarity: float, guard: str | None = None) -> Candidate:
+    return Candidate(entry_id, similarity, None, False, False, None, guard=guard)
 
 
 def emulate_storage(vectors: np.ndarray, dtype: str) -> np.ndarray:
@@ -43,15 +44,22 @@ def pairwise(
     labels: np.ndarray,
     dtype: str = "f32",
     thresholds: Sequence[float] = THRESHOLDS,
+    vetoes: Sequence[str | None] | None = None,
 ) -> list[Scores]:
-    """Is the hit decision between the two queries of each pair right?"""
+    """Is the hit decision between the two queries of each pair right?
+
+    `vetoes` holds each pair's false-hit guard verdict (see `guards.veto`), if guards are on.
+    """
+    vetoes = vetoes if vetoes is not None else [None] * len(labels)
     sa = emulate_storage(a, dtype)
     sb = b / np.linalg.norm(b, axis=1, keepdims=True)
     sims = np.sum(sa * sb, axis=1) / np.maximum(np.linalg.norm(sa, axis=1), 1e-12)
     out = []
     for t in thresholds:
         th = Thresholds(t, 1.0)
-        hits = np.array([decide(_standalone(0, float(s)), th, 0.0).hit for s in sims])
+        hits = np.array(
+            [decide(_standalone(0, float(s), v), th, 0.0).hit for s, v in zip(sims, vetoes, strict=True)]
+        )
         tp = int(np.sum(hits & (labels == 1)))
         fp = int(np.sum(hits & (labels == 0)))
         fn = int(np.sum(~hits & (labels == 1)))
@@ -67,6 +75,7 @@ def retrieval(
     top_k: int = 4,
     thresholds: Sequence[float] = THRESHOLDS,
     known_duplicates: frozenset[tuple[str, str]] = frozenset(),
+    guards: bool = False,
 ) -> tuple[list[Scores], dict]:
     """Insert every first question into one cache, query with every second question.
 
@@ -83,7 +92,12 @@ def retrieval(
     found = []
     for p in pairs:
         keys, sims = index.search(vec(p.b), top_k)
-        found.append([_standalone(int(k), float(s)) for k, s in zip(keys, sims, strict=True)])
+        found.append(
+            [
+                _standalone(int(k), float(s), veto(p.b, firsts[int(k)]) if guards else None)
+                for k, s in zip(keys, sims, strict=True)
+            ]
+        )
     positives = sum(p.label for p in pairs)
     top1_own = sum(
         1 for p, c in zip(pairs, found, strict=True) if p.label == 1 and c and c[0].entry_id == key_of[p.a]

@@ -1,0 +1,147 @@
+"""False-hit guards: cheap checks that veto a semantic hit when two queries differ in
+what matters, even though their embeddings are close.
+
+"enable 2FA" and "disable 2FA" sit at cosine ~0.9 in any sentence encoder; so do
+"flights to Paris in 2023" and "... in 2024". Each guard compares one signal of the
+two texts (numbers, negation, opposite words, names, word order) and names the
+mismatch; `veto` returns the first one found, or None.
+Pure functions over strings, shared by the cache and the evaluation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+_TOKEN = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
+_NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+    "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "hundred": "100",
+    "thousand": "1000", "million": "1000000", "billion": "1000000000",
+}  # fmt: skip
+_NEGATIONS = frozenset(
+    "not no never none nobody nothing neither nor cannot can't don't doesn't didn't isn't aren't "
+    "wasn't weren't won't wouldn't shouldn't couldn't hasn't haven't hadn't without".split()
+)
+# Each pair: the two sides of one direction or polarity. A word's stem matches by prefix,
+# so "enable" covers enabled/enabling and "close" covers closed/closing.
+_OPPOSITES = (
+    ("enable", "disable"), ("activate", "deactivate"), ("open", "close"), ("lock", "unlock"),
+    ("on", "off"), ("add", "remove"), ("install", "uninstall"), ("increase", "decrease"),
+    ("buy", "sell"), ("start", "stop"), ("allow", "block"), ("include", "exclude"),
+    ("import", "export"), ("upload", "download"), ("before", "after"), ("max", "min"),
+    ("more", "less"), ("higher", "lower"), ("best", "worst"), ("cheap", "expensive"),
+    ("win", "lose"), ("increase", "reduce"), ("encrypt", "decrypt"), ("follow", "unfollow"),
+    ("subscribe", "unsubscribe"), ("connect", "disconnect"), ("mute", "unmute"),
+    ("hide", "show"), ("accept", "reject"), ("gain", "lose"), ("male", "female"),
+    ("north", "south"), ("east", "west"), ("past", "future"), ("inside", "outside"),
+    ("long", "short"), ("hot", "cold"), ("fast", "slow"), ("legal", "illegal"),
+    ("possible", "impossible"), ("safe", "unsafe"), ("true", "false"), ("pros", "cons"),
+    ("advantages", "disadvantages"), ("positive", "negative"), ("rich", "poor"),
+    ("old", "new"), ("first", "last"), ("young", "old"), ("light", "dark"), ("up", "down"),
+)  # fmt: skip
+# Words that start a sentence or a question and say nothing about its subject.
+_COMMON_CAPITALISED = frozenset(
+    "i what how why when where which who whom whose is are was were do does did can could should "
+    "would will if the a an in on at for to of and or my me is it this that there".split()
+)
+
+
+@dataclass(frozen=True)
+class Signals:
+    numbers: frozenset[str]
+    negated: bool
+    words: frozenset[str]
+    names: frozenset[str]  # capitalised or mixed-case tokens not at the start: names, acronyms
+    order: tuple[str, ...]  # content words in order ("from Boston to Chicago")
+
+
+@lru_cache(maxsize=8192)
+def signals(text: str) -> Signals:
+    tokens = _TOKEN.findall(text.replace("\u2019", "'"))
+    lower = [t.lower() for t in tokens]
+    numbers = {t.replace(",", "") for t in tokens if t[0].isdigit()}
+    numbers |= {_NUMBER_WORDS[t] for t in lower if t in _NUMBER_WORDS}
+    names = {
+        low
+        for i, (tok, low) in enumerate(zip(tokens, lower, strict=True))
+        if i > 0 and tok[0].isupper() and low not in _COMMON_CAPITALISED and not tok[0].isdigit()
+    }
+    names |= {
+        low
+        for tok, low in zip(tokens, lower, strict=True)
+        if any(c.isdigit() for c in tok) and any(c.isalpha() for c in tok)
+    }
+    # "whether or not" / "why or why not" ask both ways: not a negation.
+    negations = sum(
+        1
+        for i, t in enumerate(lower)
+        if (t in _NEGATIONS or t.endswith("n't")) and not (t == "not" and "or" in lower[max(0, i - 2) : i])
+    )
+    order = tuple(t for t in lower if t not in _COMMON_CAPITALISED)
+    return Signals(frozenset(numbers), negations % 2 == 1, frozenset(lower), frozenset(names), order)
+
+
+@lru_cache(maxsize=512)
+def _forms(stem: str) -> frozenset[str]:
+    """The stem and its regular inflections (close: closes, closed, closing, closer, closest)."""
+    base = stem[:-1] if stem.endswith("e") else stem
+    suffixes = ("", "s", "es", "d", "ed", "r", "er", "st", "est", "ing", "ly")
+    return frozenset({stem + x for x in suffixes} | {base + "ing", base + "ed", base + "est"})
+
+
+def _has_stem(words: frozenset[str], stem: str) -> bool:
+    return not words.isdisjoint(_forms(stem))
+
+
+def _named_in(name: str, words: frozenset[str]) -> bool:
+    """Is the name on the other side? A plural or abbreviation counts (US / USA, Painter /
+    Painters): one word starts the other and they differ by at most 3 letters."""
+    return any(
+        w == name
+        or (
+            min(len(w), len(name)) >= 2
+            and abs(len(w) - len(name)) <= 3
+            and (w.startswith(name) or name.startswith(w))
+        )
+        for w in words
+    )
+
+
+def _overlap(a: Signals, b: Signals, ignore: frozenset[str]) -> float:
+    """Jaccard overlap of the two word sets, leaving out the words a guard compares."""
+    wa, wb = a.words - ignore, b.words - ignore
+    return len(wa & wb) / max(len(wa | wb), 1)
+
+
+# A guard fires only on a minimal pair: texts that agree on everything else. Paraphrases
+# reword freely ("at 27" / "at my age"), and vetoing them would cost recall for nothing.
+MINIMAL_PAIR_OVERLAP = 0.6
+
+
+def veto(query: str, cached: str) -> str | None:
+    """Why `cached` must not answer `query` despite their similarity; None when no guard objects."""
+    a, b = signals(query), signals(cached)
+    if a.numbers and b.numbers and a.numbers != b.numbers:
+        digits = frozenset(a.numbers | b.numbers | set(_NUMBER_WORDS))
+        if _overlap(a, b, digits) >= MINIMAL_PAIR_OVERLAP:
+            return "numbers"
+    if a.negated != b.negated and _overlap(a, b, _NEGATIONS) >= MINIMAL_PAIR_OVERLAP:
+        return "negation"
+    for left, right in _OPPOSITES:
+        a_left, a_right = _has_stem(a.words, left), _has_stem(a.words, right)
+        b_left, b_right = _has_stem(b.words, left), _has_stem(b.words, right)
+        flipped = (a_left and not a_right and b_right and not b_left) or (
+            a_right and not a_left and b_left and not b_right
+        )
+        if flipped and _overlap(a, b, _forms(left) | _forms(right)) >= MINIMAL_PAIR_OVERLAP:
+            return "polarity"
+    if a.words == b.words and a.order != b.order and len(a.order) == len(b.order):
+        return "order"  # same words, swapped roles: "from Boston to Chicago" / "from Chicago to Boston"
+    only_a = frozenset(n for n in a.names if not _named_in(n, b.words))
+    only_b = frozenset(n for n in b.names if not _named_in(n, a.words))
+    if only_a and only_b and _overlap(a, b, only_a | only_b) >= MINIMAL_PAIR_OVERLAP:
+        return "entities"
+    return None
