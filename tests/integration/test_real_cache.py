@@ -30,3 +30,11 @@ def test_snapshot_survives_a_new_process_config(tmp_path, real_embedder):
     cache.save()
     again = SemanticCache("carol", store=store, embedder=real_embedder, config=CacheConfig())
     assert again.lookup("how do i renew my passport").response == "Fill form DS-82."
+
+
+def test_enable_never_hits_disable(real_embedder):
+    cache = SemanticCache("alice", embedder=real_embedder)
+    cache.insert("How do I enable 2FA?", "Settings > Security > Enable 2FA")
+    got = cache.lookup("How do I disable 2FA?")
+    assert not got.hit and got.reason in (Reason.GUARDED, Reason.BELOW_THRESHOLD)
+    assert cache.lookup("How can I turn on 2FA?").hit

@@ -1,0 +1,54 @@
+import pytest
+
+from edgecache import CacheConfig, Reason
+from edgecache.guards import veto
+
+
+@pytest.mark.parametrize(
+    ("query", "cached", "reason"),
+    [
+        ("How do I disable 2FA?", "How do I enable 2FA?", "polarity"),
+        ("Is the shop closed on Sunday?", "Is the shop open on Sunday?", "polarity"),
+        ("What is the slowest land animal?", "What is the fastest land animal?", "polarity"),
+        ("Why doesn't my laptop charge?", "Why does my laptop charge?", "negation"),
+        ("Who won the World Cup in 2018?", "Who won the World Cup in 2014?", "numbers"),
+        ("How many calories are in two eggs?", "How many calories are in 5 eggs?", "numbers"),
+        ("How to learn Java quickly?", "How to learn Python quickly?", "entities"),
+        ("What is the capital of Austria?", "What is the capital of Australia?", "entities"),
+        ("Flights from Chicago to Boston", "Flights from Boston to Chicago", "order"),
+    ],
+)
+def test_minimal_pairs_are_vetoed(query, cached, reason):
+    assert veto(query, cached) == reason
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("How can I turn on 2FA for my account?", "How do I enable two-factor authentication?"),
+        ("Which country won the 2014 World Cup?", "Who won the World Cup in 2014?"),
+        ("Why won't my phone connect to WiFi?", "Why isn't my phone connecting to WiFi?"),
+        ("Is Spotify available in India or not?", "Is Spotify available in India?"),  # "or not": no negation
+        ("Why did the USA nuke Japan?", "Why did the US nuke Japan?"),  # abbreviation
+        ("Where can I find painters in Brisbane?", "Where can I find a Painter in Brisbane?"),
+        ("What are your 3 favorite movies?", "What are your favorite movies?"),  # one side has no number
+        ("Why doesn\u2019t PMMA dissolve in water?", "Why does not PMMA dissolve in water?"),
+    ],
+)
+def test_paraphrases_pass(query, cached):
+    assert veto(query, cached) is None
+
+
+def test_guard_runs_inside_the_one_decision(make_cache):
+    cache = make_cache(threshold=0.7)  # the hashing test embedder puts these at cosine 0.875
+    cache.insert("how do I enable 2fa on my account", "Settings > Security > Enable")
+    got = cache.lookup("how do I disable 2fa on my account")
+    assert not got.hit and got.reason == Reason.GUARDED
+    unguarded = make_cache(threshold=0.7, guards=False)
+    unguarded.insert("how do I enable 2fa on my account", "x")
+    assert unguarded.lookup("how do I disable 2fa on my account").hit  # the false hit guards prevent
+
+
+def test_guards_flag_is_validated():
+    with pytest.raises(ValueError):
+        CacheConfig(guards="yes")
