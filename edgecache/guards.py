@@ -56,6 +56,8 @@ class Signals:
     words: frozenset[str]
     names: frozenset[str]  # capitalised or mixed-case tokens not at the start: names, acronyms
     order: tuple[str, ...]  # content words in order ("from Boston to Chicago")
+    # Per pair of opposites (index into _OPPOSITES): 1 = left side present, 2 = right, 3 = both.
+    polar: tuple[tuple[int, int], ...] = ()
 
 
 @lru_cache(maxsize=8192)
@@ -81,7 +83,18 @@ def signals(text: str) -> Signals:
         if (t in _NEGATIONS or t.endswith("n't")) and not (t == "not" and "or" in lower[max(0, i - 2) : i])
     )
     order = tuple(t for t in lower if t not in _COMMON_CAPITALISED)
-    return Signals(frozenset(numbers), negations % 2 == 1, frozenset(lower), frozenset(names), order)
+    polar: dict[int, int] = {}
+    for t in lower:
+        for pair, side in _POLAR_FORMS.get(t, ()):
+            polar[pair] = polar.get(pair, 0) | side
+    return Signals(
+        frozenset(numbers),
+        negations % 2 == 1,
+        frozenset(lower),
+        frozenset(names),
+        order,
+        tuple(polar.items()),
+    )
 
 
 @lru_cache(maxsize=512)
@@ -92,8 +105,16 @@ def _forms(stem: str) -> frozenset[str]:
     return frozenset({stem + x for x in suffixes} | {base + "ing", base + "ed", base + "est"})
 
 
-def _has_stem(words: frozenset[str], stem: str) -> bool:
-    return not words.isdisjoint(_forms(stem))
+def _polar_forms() -> dict[str, tuple[tuple[int, int], ...]]:
+    table: dict[str, list[tuple[int, int]]] = {}
+    for pair, (left, right) in enumerate(_OPPOSITES):
+        for side, stem in ((1, left), (2, right)):
+            for form in _forms(stem):
+                table.setdefault(form, []).append((pair, side))
+    return {form: tuple(v) for form, v in table.items()}
+
+
+_POLAR_FORMS = _polar_forms()
 
 
 def _named_in(name: str, words: frozenset[str]) -> bool:
@@ -130,14 +151,13 @@ def veto(query: str, cached: str) -> str | None:
             return "numbers"
     if a.negated != b.negated and _overlap(a, b, _NEGATIONS) >= MINIMAL_PAIR_OVERLAP:
         return "negation"
-    for left, right in _OPPOSITES:
-        a_left, a_right = _has_stem(a.words, left), _has_stem(a.words, right)
-        b_left, b_right = _has_stem(b.words, left), _has_stem(b.words, right)
-        flipped = (a_left and not a_right and b_right and not b_left) or (
-            a_right and not a_left and b_left and not b_right
-        )
-        if flipped and _overlap(a, b, _forms(left) | _forms(right)) >= MINIMAL_PAIR_OVERLAP:
-            return "polarity"
+    b_polar = dict(b.polar)
+    for pair, side in a.polar:
+        # One text has only one side of the pair, the other only the opposite side.
+        if {side, b_polar.get(pair, 0)} == {1, 2}:
+            left, right = _OPPOSITES[pair]
+            if _overlap(a, b, _forms(left) | _forms(right)) >= MINIMAL_PAIR_OVERLAP:
+                return "polarity"
     if a.words == b.words and a.order != b.order and len(a.order) == len(b.order):
         return "order"  # same words, swapped roles: "from Boston to Chicago" / "from Chicago to Boston"
     only_a = frozenset(n for n in a.names if not _named_in(n, b.words))
