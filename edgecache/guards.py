@@ -25,8 +25,8 @@ _NEGATIONS = frozenset(
     "not no never none nobody nothing neither nor cannot can't don't doesn't didn't isn't aren't "
     "wasn't weren't won't wouldn't shouldn't couldn't hasn't haven't hadn't without".split()
 )
-# Each pair: the two sides of one direction or polarity. A word's stem matches by prefix,
-# so "enable" covers enabled/enabling and "close" covers closed/closing.
+# Each pair: the two sides of one direction or polarity. Each stem also matches its regular
+# inflections (`_forms`): "enable" covers enabled/enabling, "fast" covers faster/fastest.
 _OPPOSITES = (
     ("enable", "disable"), ("activate", "deactivate"), ("open", "close"), ("lock", "unlock"),
     ("on", "off"), ("add", "remove"), ("install", "uninstall"), ("increase", "decrease"),
@@ -45,7 +45,7 @@ _OPPOSITES = (
 # Words that start a sentence or a question and say nothing about its subject.
 _COMMON_CAPITALISED = frozenset(
     "i what how why when where which who whom whose is are was were do does did can could should "
-    "would will if the a an in on at for to of and or my me is it this that there".split()
+    "would will if the a an in on at for to of and or my me it this that there".split()
 )
 
 
