@@ -164,8 +164,8 @@ def build_model(
     target_root = models_dir(home) / name
     target_root.mkdir(parents=True, exist_ok=True)
     steps = 4
-    with tempfile.TemporaryDirectory(dir=target_root) as tmp_name:
-        tmp = Path(tmp_name)
+    tmp = Path(tempfile.mkdtemp(dir=target_root, prefix=".build-"))
+    try:
         shutil.copyfile(src / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         t0 = time.perf_counter()
         progress(f"[1/{steps}] exporting {src.name} to ONNX (opset {ONNX_OPSET}) ...")
@@ -201,11 +201,12 @@ def build_model(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         progress(f"[4/{steps}] installing {digest[:12]} ... ({time.perf_counter() - t0:.1f}s)")
         final = target_root / digest[:16]
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        # TemporaryDirectory cleanup would fail on the moved folder; recreate it empty.
-        tmp.mkdir()
+        # Content-addressed: an existing folder of this hash already holds these bytes
+        # (and may be in use), so it is kept rather than replaced.
+        if not final.exists():
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     _write_current(target_root, final.name)
     return BuiltModel(final, digest, recipe, float(cos.min()), float(cos.mean()))
 

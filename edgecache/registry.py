@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ class CacheRegistry:
         config: CacheConfig,
         embedder: Embedder,
         max_loaded: int = 256,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.config, self.embedder = store, config, embedder
         self.max_loaded = max_loaded
@@ -62,8 +63,9 @@ class CacheRegistry:
                 self._pins[user] = self._pins.get(user, 0) + 1
                 return cache
         # Loading reads a snapshot: do it outside the registry lock.
-        kwargs = {"clock": self._clock} if self._clock else {}
-        loaded = SemanticCache(user, store=self.store, config=self.config, embedder=self.embedder, **kwargs)
+        loaded = SemanticCache(
+            user, store=self.store, config=self.config, embedder=self.embedder, clock=self._clock
+        )
         with self._lock:
             cache = self._caches.setdefault(user, loaded)
             self._caches.move_to_end(user)
