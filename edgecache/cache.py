@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import snapshot
+from .categories import CategoryRules, RulesNow
 from .config import CacheConfig
 from .decision import Candidate, Reason, first_hit
 from .embedder import Embedder, shared_embedder
 from .encoder import length_batches
 from .errors import EntryNotFoundError, InvalidInputError, SnapshotError
+from .eviction import STRATEGIES
 from .guards import veto
+from .load import LoadSignal
 from .results import CacheStats, Entry, LookupResult
 from .stores import MemoryStore, Store, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
 from .vectorindex import VectorIndex
+
+if TYPE_CHECKING:
+    from .calibration import OnlineCalibrator
 
 
 def context_text(turns: list[str], keep: int) -> str:
@@ -28,10 +36,20 @@ def context_text(turns: list[str], keep: int) -> str:
     return "\n".join(turns[-keep:])
 
 
+COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
+
+
 class SemanticCache:
     """A per-user semantic cache. Thread-safe; one instance per user.
 
     The user id must come from the caller's authentication, never from request data.
+
+    `bodies`: a document store for response bodies (hybrid layout). With one, only the
+    index and small metadata stay in memory and in snapshots; a body is read only when a
+    lookup hits, so a miss never touches the document store.
+    `load`: a backend load signal that may relax thresholds and stretch TTLs within each
+    category's bounds. `calibrator`: shared feedback statistics for error-bounded
+    thresholds (one per process is best: feedback from every user then counts).
     """
 
     def __init__(
@@ -41,19 +59,30 @@ class SemanticCache:
         config: CacheConfig | None = None,
         embedder: Embedder | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        bodies: Store | None = None,
+        load: LoadSignal | None = None,
+        calibrator: OnlineCalibrator | None = None,
     ) -> None:
         self.user = check_user(user)
         self.config = config or CacheConfig()
         self.store = store if store is not None else MemoryStore()
+        self.bodies = bodies
         self.embedder = embedder or shared_embedder(
             self.config.projection, threads=self.config.encoder_threads
         )
+        self.rules = CategoryRules(self.config, self.embedder, load=load, calibrator=calibrator)
         self._clock = clock
         self._lock = threading.RLock()
         self._index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
+        self._vector_bytes = self.embedder.dim * {"f32": 4, "f16": 2, "i8": 1}[self.config.dtype]
         self._entries: dict[int, Entry] = {}
         self._next_id = 1
-        self._lookups = self._hits = self._inserts = 0
+        self._counts: dict[str, Counter[str]] = {name: Counter() for name in self.config.policy.names}
+        # Entries and bytes held per category, kept current so quota checks cost O(1).
+        self._held: dict[str, list[int]] = {name: [0, 0] for name in self.config.policy.names}
+        # Bodies of removed entries, deleted from the document store outside the lock.
+        self._dead_bodies: list[str] = []
         existing = self.store.get(self.key)
         if existing is not None:
             self.restore(existing)
@@ -61,6 +90,9 @@ class SemanticCache:
     @property
     def key(self) -> str:
         return user_key(self.user)
+
+    def _body_key(self, entry_id: int) -> str:
+        return f"{self.key}.{entry_id}"
 
     # -- embedding -------------------------------------------------------------------
 
@@ -97,21 +129,33 @@ class SemanticCache:
 
     # -- API -------------------------------------------------------------------------
 
-    def lookup(self, query: object, context: list[str] | None = None) -> LookupResult:
-        """Answer from the cache if an entry means the same in the same context."""
+    def lookup(
+        self, query: object, context: list[str] | None = None, category: str | None = None
+    ) -> LookupResult:
+        """Answer from the cache if an entry means the same in the same context.
+
+        `category` overrides the classifier when the caller knows it.
+        """
         cleaned = clean_query(query)
         vectors, contexts, flags = self._embed([cleaned], [clean_context(context)])
         vector, ctx, truncated = vectors[0], contexts.get(0), flags[0]
+        query_category = self.rules.categorize(vectors, [category])[0]
         now = self._clock()
+        rules = self.rules.now()
         with self._lock:
-            self._lookups += 1
+            self._counts[query_category]["lookups"] += 1
             keys, sims = self._index.search(vector, self.config.top_k)
             candidates = [
-                self._candidate(int(k), float(s), ctx, cleaned.normalized)
+                self._candidate(int(k), float(s), ctx, cleaned.normalized, rules)
                 for k, s in zip(keys, sims, strict=True)
             ]
-            verdict = first_hit([c for c in candidates if c is not None], self.config.thresholds, now)
+            verdict = first_hit(
+                [c for c in candidates if c is not None],
+                lambda c: rules.pair(query_category, self._entries[c.entry_id].category),
+                now,
+            )
             cand = verdict.candidate
+            threshold = rules.thresholds(query_category).for_query(ctx is not None)
             if not verdict.hit or cand is None:
                 return LookupResult(
                     False,
@@ -119,24 +163,54 @@ class SemanticCache:
                     similarity=cand.similarity if cand else None,
                     context_similarity=cand.context_similarity if cand else None,
                     truncated=truncated,
+                    category=query_category,
+                    threshold=threshold,
                 )
             entry = self._entries[cand.entry_id]
+            response = entry.response
+        if self.bodies is not None:
+            # Outside the lock: a document store read may be a network round trip.
+            response = self._read_body(entry.id)
+            if response is None:
+                return LookupResult(
+                    False,
+                    Reason.BODY_MISSING,
+                    similarity=cand.similarity,
+                    truncated=truncated,
+                    category=query_category,
+                    threshold=threshold,
+                )
+        with self._lock:
             entry.hits += 1
             entry.last_used_at = now
-            self._hits += 1
-            return LookupResult(
-                True,
-                Reason.HIT,
-                entry_id=entry.id,
-                response=entry.response,
-                similarity=cand.similarity,
-                context_similarity=cand.context_similarity,
-                truncated=truncated,
-                metadata=dict(entry.metadata),
-            )
+            entry.last_similarity = cand.similarity
+            self._counts[query_category]["hits"] += 1
+        return LookupResult(
+            True,
+            Reason.HIT,
+            entry_id=entry.id,
+            response=response,
+            similarity=cand.similarity,
+            context_similarity=cand.context_similarity,
+            truncated=truncated,
+            metadata=dict(entry.metadata),
+            category=query_category,
+            threshold=threshold,
+        )
+
+    def _read_body(self, entry_id: int) -> str | None:
+        """The stored response, or None (and the entry dropped) when its body is gone."""
+        assert self.bodies is not None
+        data = self.bodies.get(self._body_key(entry_id))
+        if data is None:
+            with self._lock:
+                if entry_id in self._entries:
+                    self._remove(entry_id)
+            return None
+        return data.decode("utf-8")
 
     def _candidate(
-        self, entry_id: int, similarity: float, ctx: np.ndarray | None, query: str
+        self, entry_id: int, similarity: float, ctx: np.ndarray | None, query: str, rules: RulesNow
     ) -> Candidate | None:
         entry = self._entries.get(entry_id)
         if entry is None:
@@ -151,7 +225,7 @@ class SemanticCache:
             context_similarity=context_similarity,
             query_has_context=ctx is not None,
             entry_has_context=entry.context_vector is not None,
-            expires_at=entry.expires_at,
+            expires_at=rules.expires_at(entry),
             wrong_feedback=entry.wrong_feedback,
             right_feedback=entry.right_feedback,
             guard=veto(query, entry.query) if self.config.guards else None,
@@ -164,9 +238,12 @@ class SemanticCache:
         context: list[str] | None = None,
         ttl_seconds: float | None = None,
         metadata: dict[str, Any] | None = None,
+        category: str | None = None,
     ) -> int:
         """Store a response; returns the new entry id."""
-        return self.insert_many([query], [response], [context], ttl_seconds, [metadata])[0]
+        return self.insert_many(
+            [query], [response], [context], ttl_seconds, [metadata], categories=[category]
+        )[0]
 
     def insert_many(
         self,
@@ -176,15 +253,20 @@ class SemanticCache:
         ttl_seconds: float | None = None,
         metadata: list[dict[str, Any] | None] | None = None,
         batch_size: int = 64,
+        categories: list[str | None] | None = None,
     ) -> list[int]:
-        """Store many responses at once (batched encoding); all are validated before any is stored."""
+        """Store many responses at once (batched encoding); all are validated before any is stored.
+
+        TTL: `ttl_seconds` if given, else the category's, else the cache-wide one.
+        """
         n = len(queries)
         if n == 0:
             return []
         contexts = contexts if contexts is not None else [None] * n
         metadata = metadata if metadata is not None else [None] * n
-        if not len(responses) == len(contexts) == len(metadata) == n:
-            raise InvalidInputError("queries, responses, contexts and metadata differ in length")
+        categories = categories if categories is not None else [None] * n
+        if not len(responses) == len(contexts) == len(metadata) == len(categories) == n:
+            raise InvalidInputError("queries, responses, contexts, metadata and categories differ in length")
         if ttl_seconds is not None and (
             not isinstance(ttl_seconds, int | float) or not math.isfinite(ttl_seconds) or ttl_seconds <= 0
         ):
@@ -192,47 +274,119 @@ class SemanticCache:
         for m in metadata:
             if m is not None and not isinstance(m, dict):
                 raise InvalidInputError("metadata must be a dict")
+        for c in categories:
+            if c is not None:
+                self.rules.check(c)
         response_texts = [as_text(r, "response") for r in responses]
         cleaned = [clean_query(q) for q in queries]
         turns = [clean_context(c) for c in contexts]
         vectors, ctx_of, _ = self._embed(cleaned, turns, batch_size)
-        now = self._clock()
-        ttl = ttl_seconds if ttl_seconds is not None else self.config.ttl_seconds
+        names = self.rules.categorize(vectors, categories)
         with self._lock:
             ids = list(range(self._next_id, self._next_id + n))
+            self._next_id += n
+        if self.bodies is not None:
+            self._write_bodies(ids, response_texts)
+        now = self._clock()
+        with self._lock:
             self._index.add(np.asarray(ids, dtype=np.uint64), vectors)
             for i, entry_id in enumerate(ids):
                 ctx = ctx_of.get(i)
-                self._entries[entry_id] = Entry(
+                ttl = self.rules.ttl(names[i], ttl_seconds)
+                entry = Entry(
                     id=entry_id,
                     query=cleaned[i].original,
-                    response=response_texts[i],
+                    response=None if self.bodies is not None else response_texts[i],
                     context_turns=len(turns[i]),
                     context_vector=ctx.astype(np.float16).tobytes() if ctx is not None else None,
                     created_at=now,
                     expires_at=now + ttl if ttl else None,
                     last_used_at=now,
                     metadata=dict(metadata[i] or {}),
+                    category=names[i],
+                    size=len(cleaned[i].original.encode("utf-8", "surrogatepass"))
+                    + len(response_texts[i].encode("utf-8", "surrogatepass"))
+                    + self._vector_bytes
+                    + (len(ctx) * 2 if ctx is not None else 0),
                 )
-            self._next_id += n
-            self._inserts += n
-            self._evict_over_limit()
-            return ids
+                self._add(entry)
+                self._counts[names[i]]["inserts"] += 1
+            for name in dict.fromkeys(names):
+                self._enforce_quota(name, now)
+            self._evict_over_limit(now)
+        self._drop_bodies()
+        return ids
 
-    def _evict_over_limit(self) -> None:
-        limit = self.config.max_entries
-        if limit is None or len(self._entries) <= limit:
-            return
-        victims = sorted(self._entries.values(), key=lambda e: e.last_used_at)
-        for entry in victims[: len(self._entries) - limit]:
-            self._remove(entry.id)
+    def _write_bodies(self, ids: list[int], texts: list[str]) -> None:
+        assert self.bodies is not None
+        written: list[str] = []
+        try:
+            for entry_id, text in zip(ids, texts, strict=True):
+                key = self._body_key(entry_id)
+                self.bodies.put(key, text.encode("utf-8", "surrogatepass"))
+                written.append(key)
+        except BaseException:
+            for key in written:
+                self.bodies.delete(key)
+            raise
 
-    def _remove(self, entry_id: int) -> None:
-        del self._entries[entry_id]
+    def _add(self, entry: Entry) -> None:
+        self._entries[entry.id] = entry
+        held = self._held[entry.category]
+        held[0] += 1
+        held[1] += entry.size
+
+    def _remove(self, entry_id: int, why: str | None = None) -> None:
+        entry = self._entries.pop(entry_id)
         self._index.remove(entry_id)
+        held = self._held[entry.category]
+        held[0] -= 1
+        held[1] -= entry.size
+        if why is not None:
+            self._counts[entry.category][why] += 1
+        if self.bodies is not None:
+            self._dead_bodies.append(self._body_key(entry_id))
+
+    def _drop_bodies(self) -> None:
+        if self.bodies is None:
+            return
+        with self._lock:
+            dead, self._dead_bodies = self._dead_bodies, []
+        for key in dead:
+            self.bodies.delete(key)
+
+    def _evict(self, pool: list[Entry], strategy: str, now: float, entries: int, size: int) -> None:
+        """Remove entries from `pool` until `entries` and `size` more have gone: expired first,
+        then in the order of the eviction strategy."""
+        order = STRATEGIES[strategy].key
+        ranked = sorted(
+            pool, key=lambda e: (not (e.expires_at is not None and now >= e.expires_at), order(e))
+        )
+        for entry in ranked:
+            if entries <= 0 and size <= 0:
+                break
+            self._remove(entry.id, "evictions")
+            entries, size = entries - 1, size - entry.size
+
+    def _enforce_quota(self, name: str, now: float) -> None:
+        cat = self.config.policy.category(name)
+        count, size = self._held[name]
+        over_entries = count - cat.max_entries if cat.max_entries is not None else 0
+        over_bytes = size - cat.max_bytes if cat.max_bytes is not None else 0
+        if over_entries > 0 or over_bytes > 0:
+            pool = [e for e in self._entries.values() if e.category == name]
+            self._evict(pool, cat.eviction, now, over_entries, over_bytes)
+
+    def _evict_over_limit(self, now: float) -> None:
+        limit = self.config.max_entries
+        if limit is not None and len(self._entries) > limit:
+            self._evict(list(self._entries.values()), "lru", now, len(self._entries) - limit, 0)
 
     def feedback(self, entry_id: int, correct: bool) -> Entry:
-        """Record whether a hit was right; an entry judged wrong more often than right stops hitting."""
+        """Record whether a hit was right; an entry judged wrong more often than right stops hitting.
+
+        With a false-hit target set, the verdict also moves the category's threshold.
+        """
         if not isinstance(correct, bool):
             raise InvalidInputError("correct must be true or false")
         with self._lock:
@@ -241,11 +395,18 @@ class SemanticCache:
                 entry.right_feedback += 1
             else:
                 entry.wrong_feedback += 1
-            return entry
+            self._counts[entry.category]["right_feedback" if correct else "wrong_feedback"] += 1
+        self.rules.observe(entry, correct)
+        return entry
 
     def get(self, entry_id: int) -> Entry:
+        """A copy of the entry, with its response read from the document store if kept there."""
         with self._lock:
-            return self._get(entry_id)
+            entry = dataclasses.replace(self._get(entry_id))
+        if self.bodies is not None:
+            data = self.bodies.get(self._body_key(entry.id))
+            entry.response = data.decode("utf-8") if data is not None else None
+        return entry
 
     def _get(self, entry_id: object) -> Entry:
         if not isinstance(entry_id, int) or isinstance(entry_id, bool):
@@ -259,11 +420,13 @@ class SemanticCache:
         with self._lock:
             self._get(entry_id)
             self._remove(entry_id)
+        self._drop_bodies()
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
-            self._index.clear()
+            for entry_id in list(self._entries):
+                self._remove(entry_id)
+        self._drop_bodies()
 
     def purge_expired(self) -> int:
         now = self._clock()
@@ -272,19 +435,29 @@ class SemanticCache:
                 e.id for e in self._entries.values() if e.expires_at is not None and now >= e.expires_at
             ]
             for entry_id in expired:
-                self._remove(entry_id)
-            return len(expired)
+                self._remove(entry_id, "expired")
+        self._drop_bodies()
+        return len(expired)
 
     def stats(self) -> CacheStats:
         with self._lock:
+            per_category = {
+                name: {
+                    **{c: self._counts[name][c] for c in COUNTERS},
+                    "entries": self._held[name][0],
+                    "bytes": self._held[name][1],
+                }
+                for name in self._counts
+            }
             return CacheStats(
                 entries=len(self._entries),
-                lookups=self._lookups,
-                hits=self._hits,
-                inserts=self._inserts,
+                lookups=sum(c["lookups"] for c in self._counts.values()),
+                hits=sum(c["hits"] for c in self._counts.values()),
+                inserts=sum(c["inserts"] for c in self._counts.values()),
                 index_bytes=self._index.serialized_bytes(),
                 dim=self.embedder.dim,
                 dtype=self.config.dtype,
+                categories=per_category,
             )
 
     def __len__(self) -> int:
@@ -299,6 +472,7 @@ class SemanticCache:
                     "fingerprint": self.embedder.fingerprint,
                     "user_key": self.key,
                     "next_id": self._next_id,
+                    "bodies_external": self.bodies is not None,
                     "entries": [e.to_record() for e in self._entries.values()],
                     "index": self._index.to_bytes(),
                 }
@@ -313,6 +487,13 @@ class SemanticCache:
         payload = snapshot.decode(data, self.embedder.fingerprint)
         if payload.get("user_key") != self.key:
             raise SnapshotError("snapshot belongs to another user")
+        external = bool(payload.get("bodies_external", False))
+        if external != (self.bodies is not None):
+            raise SnapshotError(
+                "snapshot keeps response bodies in a document store; open it with bodies=<store>"
+                if external
+                else "snapshot holds response bodies inline; open it without a bodies store"
+            )
         try:
             entries = {r["id"]: Entry.from_record(r) for r in payload["entries"]}
             next_id = int(payload["next_id"])
@@ -322,5 +503,12 @@ class SemanticCache:
         index.load_bytes(payload["index"])
         if len(index) != len(entries):
             raise SnapshotError(f"snapshot index holds {len(index)} vectors for {len(entries)} entries")
+        held = {name: [0, 0] for name in self.config.policy.names}
+        for entry in entries.values():
+            # Categories the current policy no longer has fall back rather than fail to load.
+            if entry.category not in held:
+                entry.category = self.config.policy.fallback
+            held[entry.category][0] += 1
+            held[entry.category][1] += entry.size
         with self._lock:
-            self._index, self._entries, self._next_id = index, entries, next_id
+            self._index, self._entries, self._next_id, self._held = index, entries, next_id, held

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from .decision import Thresholds
 from .errors import ConfigError
+from .policy import Policy
 
 DTYPES = ("f32", "f16", "i8")
 
@@ -34,6 +35,8 @@ class CacheConfig:
     encoder_threads: int = 1
     # Veto hits whose texts differ in numbers, negation, opposite words, names or word order.
     guards: bool = True
+    # Per-category thresholds, TTLs, quotas, eviction and load bounds (edgecache.policy).
+    policy: Policy = field(default_factory=Policy)
 
     def __post_init__(self) -> None:
         for name in ("threshold", "followup_threshold", "context_threshold"):
@@ -55,6 +58,8 @@ class CacheConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.guards, bool):
             raise ConfigError(f"guards must be true or false, got {self.guards!r}")
+        if not isinstance(self.policy, Policy):
+            raise ConfigError("policy must be an edgecache.policy.Policy (or a mapping in from_dict)")
         if self.max_entries is not None and (not isinstance(self.max_entries, int) or self.max_entries < 1):
             raise ConfigError(f"max_entries must be a positive integer or None, got {self.max_entries!r}")
 
@@ -70,7 +75,11 @@ class CacheConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        if "policy" in data and not isinstance(data["policy"], Policy):
+            data = {**data, "policy": Policy.from_dict(data["policy"])}
         return cls(**data)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["policy"] = self.policy.to_dict()
+        return out

@@ -6,7 +6,7 @@ evaluation) shares it and it is testable without a model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -22,6 +22,8 @@ class Reason(StrEnum):
     # A false-hit guard (edgecache.guards) saw the texts differ in what matters.
     GUARDED = "guarded"
     EMPTY = "empty"
+    # The decision said hit but the response body was gone from the document store.
+    BODY_MISSING = "body_missing"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class Thresholds:
         return self.similarity
 
 
+def strictest(a: Thresholds, b: Thresholds) -> Thresholds:
+    """The thresholds that satisfy both (a query and an entry of different categories)."""
+    followup = None if a.followup is None or b.followup is None else max(a.followup, b.followup)
+    return Thresholds(max(a.similarity, b.similarity), max(a.context, b.context), followup)
+
+
 @dataclass(frozen=True)
 class Decision:
     hit: bool
@@ -81,11 +89,19 @@ def decide(candidate: Candidate, thresholds: Thresholds, now: float) -> Decision
     return Decision(True, Reason.HIT, candidate)
 
 
-def first_hit(candidates: Iterable[Candidate], thresholds: Thresholds, now: float) -> Decision:
-    """The most similar candidate that is a hit; else the verdict on the most similar one."""
+def first_hit(
+    candidates: Iterable[Candidate],
+    thresholds: Thresholds | Callable[[Candidate], Thresholds],
+    now: float,
+) -> Decision:
+    """The most similar candidate that is a hit; else the verdict on the most similar one.
+
+    `thresholds` may depend on the candidate (its category's policy).
+    """
+    rule = thresholds if callable(thresholds) else (lambda _: thresholds)
     best_miss: Decision | None = None
     for cand in sorted(candidates, key=lambda c: c.similarity, reverse=True):
-        verdict = decide(cand, thresholds, now)
+        verdict = decide(cand, rule(cand), now)
         if verdict.hit:
             return verdict
         if best_miss is None:

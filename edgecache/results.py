@@ -12,7 +12,8 @@ from .decision import Reason
 class Entry:
     id: int
     query: str
-    response: str
+    # None while the body lives in a separate document store (fetched only on a hit).
+    response: str | None
     context_turns: int
     context_vector: bytes | None  # float16 bytes of the projected context embedding
     created_at: float
@@ -22,6 +23,11 @@ class Entry:
     right_feedback: int = 0
     wrong_feedback: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    category: str = "other"
+    # Bytes this entry holds: query + response text, its vectors in the index and context.
+    size: int = 0
+    # Similarity of the query it last answered: what its next feedback is about.
+    last_similarity: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +48,9 @@ class LookupResult:
     # The query (or a context turn) was longer than the encoder reads; only its start was used.
     truncated: bool = False
     metadata: dict[str, Any] | None = None
+    category: str | None = None
+    # The similarity threshold this query was held to (category policy, feedback, load).
+    threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -58,6 +67,8 @@ class CacheStats:
     index_bytes: int
     dim: int
     dtype: str
+    # Per category: lookups, hits, inserts, wrong/right feedback, evictions, expired, entries, bytes.
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:

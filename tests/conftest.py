@@ -22,7 +22,7 @@ def config() -> CacheConfig:
 @pytest.fixture
 def make_cache(embedder, clock, config):
     def make(user: str = "alice", store=None, **overrides) -> SemanticCache:
-        cfg = CacheConfig(**{**config.to_dict(), **overrides}) if overrides else config
+        cfg = CacheConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
         return SemanticCache(user, store=store or MemoryStore(), config=cfg, embedder=embedder, clock=clock)
 
     return make

@@ -1,0 +1,232 @@
+"""Per-category policy inside the cache: TTLs, quotas, thresholds, load, hybrid bodies."""
+
+import pytest
+
+from edgecache import CacheConfig, InvalidInputError, MemoryStore, Reason, SemanticCache, SnapshotError
+from edgecache.load import FixedSignal
+from edgecache.policy import Policy
+
+MINUTE = 60.0
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.writes = self.deletes = 0
+
+    def get(self, key):
+        self.reads += 1
+        return super().get(key)
+
+    def put(self, key, data):
+        self.writes += 1
+        super().put(key, data)
+
+    def delete(self, key):
+        self.deletes += 1
+        super().delete(key)
+
+
+def policy(**categories) -> Policy:
+    return Policy.from_dict({"categories": categories})
+
+
+def test_explicit_category_sets_ttl_and_expired_entries_never_hit(make_cache, clock):
+    cache = make_cache(ttl_seconds=86_400.0)
+    weather = cache.insert("weather in paris today", "sunny", category="time_sensitive")
+    fact = cache.insert("who wrote hamlet", "Shakespeare", category="stable_fact")
+    assert cache.get(weather).category == "time_sensitive"
+    clock.now += 15 * MINUTE - 1
+    assert cache.lookup("weather in paris today").hit
+    clock.now += 1
+    got = cache.lookup("weather in paris today")
+    assert not got.hit and got.reason == Reason.EXPIRED
+    # The cache-wide TTL (one day) caps the 90-day stable_fact default.
+    assert cache.lookup("who wrote hamlet").entry_id == fact
+    clock.now += 86_400
+    assert cache.lookup("who wrote hamlet").reason == Reason.EXPIRED
+    assert cache.purge_expired() == 2
+    assert cache.stats().categories["time_sensitive"]["expired"] == 1
+
+
+def test_unknown_category_is_refused_before_anything_is_stored(make_cache):
+    cache = make_cache()
+    with pytest.raises(InvalidInputError, match="unknown category"):
+        cache.insert_many(["a", "b"], ["1", "2"], categories=[None, "nope"])
+    with pytest.raises(InvalidInputError, match="unknown category"):
+        cache.lookup("a", category="nope")
+    assert len(cache) == 0
+
+
+def test_quota_evicts_only_within_its_category_by_its_strategy(make_cache, clock):
+    cache = make_cache(policy=policy(code={"max_entries": 2, "eviction": "lfu"}))
+    keep = cache.insert("how to reverse a list in python", "x[::-1]", category="code")
+    cache.insert("capital of peru", "Lima", category="stable_fact")
+    second = cache.insert("sort a dict by value", "sorted(...)", category="code")
+    clock.now += 1
+    assert cache.lookup("how to reverse a list in python").entry_id == keep  # one hit
+    clock.now += 1
+    third = cache.insert("read a csv file with pandas", "pd.read_csv", category="code")
+    ids = {e for e in (keep, second, third) if e in cache._entries}
+    assert ids == {keep, third}  # LFU dropped the never-hit older one
+    assert len(cache) == 3
+    stats = cache.stats().categories
+    assert stats["code"]["evictions"] == 1 and stats["code"]["entries"] == 2
+    assert stats["stable_fact"]["evictions"] == 0
+
+
+def test_byte_quota(make_cache):
+    cache = make_cache(policy=policy(small_talk={"max_bytes": 3000}))
+    for i in range(10):
+        cache.insert(f"hello there number {i}", "hi! " * 100, category="small_talk")
+    held = cache.stats().categories["small_talk"]
+    assert 0 < held["bytes"] <= 3000 and held["evictions"] == 10 - held["entries"]
+
+
+def test_expired_entries_are_evicted_before_live_ones(make_cache, clock):
+    cache = make_cache(policy=policy(other={"max_entries": 2, "eviction": "lru"}))
+    live = cache.insert("alpha beta gamma", "1", category="other")
+    clock.now += 1
+    short = cache.insert("delta epsilon zeta", "2", category="other", ttl_seconds=1)
+    clock.now += 5
+    cache.insert("eta theta iota", "3", category="other")
+    assert live in cache._entries and short not in cache._entries
+
+
+def test_category_threshold_and_strictest_of_query_and_entry(make_cache):
+    strict = policy(personal={"threshold": 0.99}, small_talk={"threshold": 0.3})
+    cache = make_cache(policy=strict)
+    cache.insert("what is my account balance please", "$10", category="personal")
+    loose_query = cache.lookup("what is my account balance", category="small_talk")
+    assert not loose_query.hit and loose_query.reason == Reason.BELOW_THRESHOLD
+    cache.insert("hello how are you doing today", "fine", category="small_talk")
+    got = cache.lookup("hello how are you", category="small_talk")
+    assert got.hit and got.threshold == pytest.approx(0.3)
+
+
+def test_load_relaxes_threshold_and_stretches_ttl_within_bounds_then_restores(make_cache, clock):
+    load = FixedSignal(0.0)
+    cfg = CacheConfig(
+        threshold=0.9,
+        policy=policy(small_talk={"max_relax": 0.2, "max_ttl_factor": 3.0, "ttl_seconds": 100}),
+    )
+    cache = SemanticCache("u", config=cfg, embedder=make_cache().embedder, clock=clock, load=load)
+    cache.insert("hello how are you doing today my friend", "fine", category="small_talk")
+    query = "hello how are you doing today"
+    sim = cache.lookup(query, category="small_talk").similarity
+    assert 0.7 < sim < 0.9
+    assert cache.lookup(query, category="small_talk").reason == Reason.BELOW_THRESHOLD
+    load.set(1.0)
+    got = cache.lookup(query, category="small_talk")
+    assert got.hit and got.threshold == pytest.approx(0.7)
+    clock.now += 250  # past the 100 s TTL, within 3 x 100 s under full load
+    assert cache.lookup(query, category="small_talk").hit
+    clock.now += 51
+    assert cache.lookup(query, category="small_talk").reason == Reason.EXPIRED
+    load.set(0.0)
+    clock.now -= 200  # back at 101 s: load gone, base TTL applies again
+    assert cache.lookup(query, category="small_talk").reason == Reason.EXPIRED
+
+
+def test_categories_without_relax_never_loosen(make_cache, clock):
+    load = FixedSignal(1.0)
+    cfg = CacheConfig(threshold=0.9)
+    cache = SemanticCache("u", config=cfg, embedder=make_cache().embedder, clock=clock, load=load)
+    cache.insert("what is my account balance today", "$10", category="personal")
+    got = cache.lookup("what is my balance", category="personal")
+    assert 0.7 < got.similarity < 0.9
+    assert not got.hit and got.threshold == pytest.approx(0.9)
+
+
+def test_classifier_places_queries_by_seeds(make_cache):
+    cats = {
+        "categories": [
+            {"name": "animals", "seeds": ["dog cat horse", "cat dog pet"]},
+            {"name": "food", "seeds": ["pizza pasta bread", "bread cheese pizza"]},
+        ],
+        "fallback": "food",
+    }
+    cache = make_cache(policy=Policy.from_dict(cats))
+    assert cache.lookup("my dog and cat").category == "animals"
+    eid = cache.insert("pizza with cheese", "yum")
+    assert cache.get(eid).category == "food"
+    assert cache.stats().categories["animals"]["lookups"] == 1
+
+
+def test_custom_category_without_seeds_needs_classify_off(make_cache):
+    from edgecache.errors import ConfigError
+
+    bad = Policy.from_dict({"categories": [{"name": "a"}, {"name": "b"}], "fallback": "b"})
+    with pytest.raises(ConfigError, match="needs seeds"):
+        make_cache(policy=bad)
+    ok = Policy.from_dict({"categories": [{"name": "a"}, {"name": "b"}], "fallback": "b", "classify": False})
+    assert make_cache(policy=ok).lookup("x").category == "b"
+
+
+def test_hybrid_layout_reads_bodies_only_on_hits(embedder, clock, config):
+    bodies, snaps = CountingStore(), MemoryStore()
+    cache = SemanticCache("alice", store=snaps, config=config, embedder=embedder, clock=clock, bodies=bodies)
+    eid = cache.insert("how do I enable two factor auth", "Settings > Security")
+    assert cache._entries[eid].response is None and bodies.writes == 1
+    reads = bodies.reads
+    for _ in range(5):
+        assert not cache.lookup("recipe for banana bread").hit
+    assert bodies.reads == reads  # misses never touch the document store
+    got = cache.lookup("how do I enable two factor auth")
+    assert got.hit and got.response == "Settings > Security" and bodies.reads == reads + 1
+    assert cache.get(eid).response == "Settings > Security"
+    cache.save()
+    assert b"Settings > Security" not in snaps.get(cache.key)
+    again = SemanticCache("alice", store=snaps, config=config, embedder=embedder, clock=clock, bodies=bodies)
+    assert again.lookup("how do I enable two factor auth").response == "Settings > Security"
+    with pytest.raises(SnapshotError, match="bodies"):
+        SemanticCache("alice", store=snaps, config=config, embedder=embedder, clock=clock)
+    again.delete(eid)
+    assert bodies.get(f"{again.key}.{eid}") is None
+
+
+def test_hybrid_missing_body_is_a_miss_and_drops_the_entry(embedder, clock, config):
+    bodies = MemoryStore()
+    cache = SemanticCache("bob", config=config, embedder=embedder, clock=clock, bodies=bodies)
+    eid = cache.insert("what is the capital of france", "Paris")
+    bodies.delete(f"{cache.key}.{eid}")
+    got = cache.lookup("what is the capital of france")
+    assert not got.hit and got.reason == Reason.BODY_MISSING
+    assert len(cache) == 0
+
+
+def test_hybrid_bodies_of_users_never_mix(embedder, clock, config):
+    bodies = MemoryStore()
+    alice = SemanticCache("alice", config=config, embedder=embedder, clock=clock, bodies=bodies)
+    bob = SemanticCache("bob", config=config, embedder=embedder, clock=clock, bodies=bodies)
+    a = alice.insert("my secret plan", "alice's")
+    b = bob.insert("my secret plan", "bob's")
+    assert a == b  # same entry id, different keys
+    assert alice.lookup("my secret plan").response == "alice's"
+    assert bob.lookup("my secret plan").response == "bob's"
+    alice.clear()
+    assert bob.lookup("my secret plan").response == "bob's"
+
+
+def test_failed_body_write_stores_nothing(embedder, clock, config):
+    class Broken(MemoryStore):
+        def put(self, key, data):
+            if key.endswith(".2"):
+                raise OSError("disk full")
+            super().put(key, data)
+
+    bodies = Broken()
+    cache = SemanticCache("carol", config=config, embedder=embedder, clock=clock, bodies=bodies)
+    with pytest.raises(OSError):
+        cache.insert_many(["one thing", "another thing"], ["1", "2"])
+    assert len(cache) == 0 and bodies.get(f"{cache.key}.1") is None
+
+
+def test_restore_maps_retired_categories_to_the_fallback(make_cache):
+    store = MemoryStore()
+    old = make_cache(store=store)
+    old.insert("weather in rome", "rain", category="time_sensitive")
+    old.save()
+    narrow = Policy.from_dict({"categories": [{"name": "misc"}], "fallback": "misc", "classify": False})
+    new = make_cache(store=store, policy=narrow)
+    assert new.stats().categories["misc"]["entries"] == 1
