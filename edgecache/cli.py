@@ -33,6 +33,7 @@ def load_config(path: str | None) -> CacheConfig:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .embedder import shared_embedder
+    from .load import BackendMonitor
     from .registry import CacheRegistry
     from .server import CacheServer
     from .stores import LocalFolderStore
@@ -40,7 +41,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store_dir = Path(args.store) if args.store else edgecache_home() / "caches"
     embedder = shared_embedder(config.projection, threads=config.encoder_threads)
-    registry = CacheRegistry(LocalFolderStore(store_dir), config, embedder, max_loaded=args.max_users)
+    bodies = LocalFolderStore(Path(args.bodies)) if args.bodies else None
+    load = BackendMonitor(*args.backend_latency) if args.backend_latency else BackendMonitor()
+    registry = CacheRegistry(
+        LocalFolderStore(store_dir), config, embedder, max_loaded=args.max_users, bodies=bodies, load=load
+    )
     server = CacheServer(
         registry, args.host, args.port, user_header=args.user_header, flush_seconds=args.flush_seconds
     )
@@ -140,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--user-header", default="X-Edgecache-User")
     serve.add_argument("--max-users", type=int, default=256, help="caches kept in memory")
     serve.add_argument("--flush-seconds", type=float, default=5.0)
+    serve.add_argument(
+        "--bodies",
+        help="folder for response bodies (hybrid layout: only index and metadata in memory and "
+        "snapshots; a body is read on a hit). Default: bodies inline in snapshots",
+    )
+    serve.add_argument(
+        "--backend-latency",
+        type=float,
+        nargs=2,
+        metavar=("NORMAL_S", "OVERLOADED_S"),
+        help="backend latency (seconds) reported to /v1/backend that counts as normal and as "
+        "overloaded for load adaptation (default 2 10)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     model = sub.add_parser("model", help="build the ONNX encoder / fit projections")

@@ -144,3 +144,30 @@ class FixedSignal:
 
     def level(self) -> float:
         return self._level
+
+
+class BackendMonitor:
+    """What a caller sees of its LLM backend (latency and 429s) as one load signal.
+
+    The service feeds it from `/v1/backend` reports; the `cached` wrapper from the calls
+    it makes on misses.
+    """
+
+    def __init__(
+        self,
+        normal_seconds: float = 2.0,
+        overloaded_seconds: float = 10.0,
+        overloaded_429_rate: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.latency = LatencySignal(normal_seconds, overloaded_seconds, clock=clock)
+        self.rate_limit = RateLimitSignal(0.0, overloaded_429_rate, clock=clock)
+
+    def record(self, seconds: float, status: int = 200) -> None:
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise ValueError(f"status must be an HTTP status code, got {status!r}")
+        self.latency.record(seconds)
+        self.rate_limit.record(status)
+
+    def level(self) -> float:
+        return max(self.latency.level(), self.rate_limit.level())

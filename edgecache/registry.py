@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from .cache import SemanticCache
 from .config import CacheConfig
 from .embedder import Embedder
+from .load import LoadSignal
 from .stores import Store, check_user
 
 log = logging.getLogger("edgecache")
@@ -27,8 +28,13 @@ class CacheRegistry:
         embedder: Embedder,
         max_loaded: int = 256,
         clock: Callable[[], float] = time.time,
+        *,
+        bodies: Store | None = None,
+        load: LoadSignal | None = None,
     ) -> None:
         self.store, self.config, self.embedder = store, config, embedder
+        # Shared by every user's cache: one backend, one document store.
+        self.bodies, self.load = bodies, load
         self.max_loaded = max_loaded
         self._clock = clock
         self._caches: OrderedDict[str, SemanticCache] = OrderedDict()
@@ -64,7 +70,13 @@ class CacheRegistry:
                 return cache
         # Loading reads a snapshot: do it outside the registry lock.
         loaded = SemanticCache(
-            user, store=self.store, config=self.config, embedder=self.embedder, clock=self._clock
+            user,
+            store=self.store,
+            config=self.config,
+            embedder=self.embedder,
+            clock=self._clock,
+            bodies=self.bodies,
+            load=self.load,
         )
         with self._lock:
             cache = self._caches.setdefault(user, loaded)

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .errors import EdgecacheError, EntryNotFoundError, InvalidInputError
+from .load import BackendMonitor
 from .registry import CacheRegistry
 
 log = logging.getLogger("edgecache.server")
@@ -54,11 +55,16 @@ class Service:
             ("POST", "/v1/delete"): self.delete,
             ("POST", "/v1/clear"): self.clear,
             ("GET", "/v1/stats"): self.stats,
+            ("POST", "/v1/backend"): self.backend,
         }
 
     def lookup(self, user: str, body: dict) -> dict:
         with self.registry.use(user) as cache:
-            result = cache.lookup(_field(body, "query", (str,)), _field(body, "context", (list,), False))
+            result = cache.lookup(
+                _field(body, "query", (str,)),
+                _field(body, "context", (list,), False),
+                category=_field(body, "category", (str,), False),
+            )
         return result.to_dict()
 
     def insert(self, user: str, body: dict) -> dict:
@@ -69,6 +75,7 @@ class Service:
                 context=_field(body, "context", (list,), False),
                 ttl_seconds=_field(body, "ttl_seconds", (int, float), False),
                 metadata=_field(body, "metadata", (dict,), False),
+                category=_field(body, "category", (str,), False),
             )
         return {"entry_id": entry_id}
 
@@ -91,18 +98,41 @@ class Service:
         with self.registry.use(user) as cache:
             return cache.stats().to_dict()
 
+    def backend(self, user: str, body: dict) -> dict:
+        """The caller reports one LLM call it made (after a miss): its latency and status.
+        Reports drive load adaptation; any authenticated caller may send them."""
+        load = self.registry.load
+        if not isinstance(load, BackendMonitor):
+            raise HttpError(HTTPStatus.CONFLICT, "load_off", "this service does not take backend reports")
+        latency = _field(body, "latency_ms", (int, float))
+        try:
+            load.record(latency / 1000.0, _field(body, "status", (int,), False) or 200)
+        except ValueError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", str(exc)) from None
+        return {"load": round(load.level(), 4)}
+
     def metrics_text(self) -> str:
-        """Prometheus text exposition of the loaded caches' counters."""
+        """Prometheus text exposition of the loaded caches' counters, in total and per category."""
         caches = self.registry.loaded()
         totals = {"lookups": 0, "hits": 0, "inserts": 0, "entries": 0, "index_bytes": 0}
+        per_category: dict[str, dict[str, int]] = {}
         for cache in caches:
             stats = cache.stats()
             for name in totals:
                 totals[name] += getattr(stats, name)
+            for category, counts in stats.categories.items():
+                mine = per_category.setdefault(category, dict.fromkeys(counts, 0))
+                for name, value in counts.items():
+                    mine[name] += value
         lines = [
             "# TYPE edgecache_loaded_users gauge",
             f"edgecache_loaded_users {len(caches)}",
         ]
+        if self.registry.load is not None:
+            lines += [
+                "# TYPE edgecache_backend_load gauge",
+                f"edgecache_backend_load {self.registry.load.level()}",
+            ]
         kinds = {
             "lookups": "counter",
             "hits": "counter",
@@ -113,6 +143,13 @@ class Service:
         for name, kind in kinds.items():
             suffix = "_total" if kind == "counter" else ""
             lines += [f"# TYPE edgecache_{name}{suffix} {kind}", f"edgecache_{name}{suffix} {totals[name]}"]
+        gauges = {"entries", "bytes"}
+        for name in next(iter(per_category.values()), {}):
+            metric = f"edgecache_category_{name}" + ("" if name in gauges else "_total")
+            lines.append(f"# TYPE {metric} {'gauge' if name in gauges else 'counter'}")
+            lines += [
+                f'{metric}{{category="{c}"}} {counts[name]}' for c, counts in sorted(per_category.items())
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -3,33 +3,59 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import ParamSpec
 
 from .cache import SemanticCache
+from .load import BackendMonitor
 
 P = ParamSpec("P")
 
 
-def cached(cache: SemanticCache, ttl_seconds: float | None = None):
+def _status_of(exc: BaseException) -> int:
+    """HTTP status of a failed call when the client library exposes one (openai, httpx, requests)."""
+    for owner in (exc, getattr(exc, "response", None)):
+        status = getattr(owner, "status_code", None)
+        if isinstance(status, int) and 100 <= status <= 599:
+            return status
+    return 500
+
+
+def cached(
+    cache: SemanticCache,
+    ttl_seconds: float | None = None,
+    monitor: BackendMonitor | None = None,
+    category: str | None = None,
+):
     """Decorate `fn(prompt, *args, context=None, **kwargs) -> str`.
 
     The prompt (first positional argument) and the optional `context` keyword (the
     previous user turns) form the cache key; other arguments are passed through and
     are not part of the key, so use one cache per model/system prompt.
+    `monitor`: timings and failures (429s) of the calls made on misses feed it, so the
+    cache can relax within its policy's bounds while the backend is overloaded (pass the
+    same monitor as the cache's `load`). `category`: skip the classifier.
     """
 
     def decorate(fn: Callable[..., str]) -> Callable[..., str]:
         @functools.wraps(fn)
         def wrapper(prompt: str, *args, context: list[str] | None = None, **kwargs) -> str:
-            found = cache.lookup(prompt, context=context)
+            found = cache.lookup(prompt, context=context, category=category)
             if found.hit and found.response is not None:
                 return found.response
-            if context is None:
+            if context is not None:
+                kwargs["context"] = context
+            started = time.monotonic()
+            try:
                 answer = fn(prompt, *args, **kwargs)
-            else:
-                answer = fn(prompt, *args, context=context, **kwargs)
-            cache.insert(prompt, answer, context=context, ttl_seconds=ttl_seconds)
+            except Exception as exc:
+                if monitor is not None:
+                    monitor.record(time.monotonic() - started, _status_of(exc))
+                raise
+            if monitor is not None:
+                monitor.record(time.monotonic() - started)
+            cache.insert(prompt, answer, context=context, ttl_seconds=ttl_seconds, category=category)
             return answer
 
         return wrapper

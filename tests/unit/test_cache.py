@@ -264,3 +264,26 @@ def test_cached_decorator_calls_llm_once(make_cache):
     ask("and the price", context=["edgecache pricing"])
     ask("and the price", context=["something unrelated entirely"])
     assert len(calls) == 3
+
+
+def test_cached_decorator_feeds_the_backend_monitor(make_cache):
+    from edgecache.load import BackendMonitor
+
+    class Throttled(Exception):
+        status_code = 429
+
+    monitor = BackendMonitor(overloaded_429_rate=0.5)
+    cache = make_cache()
+
+    @cached(cache, monitor=monitor, category="code")
+    def ask(prompt):
+        if "busy" in prompt:
+            raise Throttled()
+        return "ok"
+
+    assert ask("sort a list in python") == "ok"
+    assert cache.lookup("sort a list in python").category == "code"
+    for _ in range(2):
+        with pytest.raises(Throttled):
+            ask("busy backend")
+    assert monitor.level() == 1.0  # 2 of 3 calls were 429s

@@ -163,3 +163,53 @@ def test_error_with_unread_body_closes_the_connection(server):
     assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
     assert reply.count(b"HTTP/1.1") == 1  # the body was not run as a second request
     assert call(server, "GET", "/v1/stats")[1]["entries"] == 1
+
+
+def test_categories_over_http_and_per_category_metrics(server):
+    status, out = call(
+        server,
+        "POST",
+        "/v1/insert",
+        {"query": "weather in oslo today", "response": "snow", "category": "time_sensitive"},
+    )
+    assert status == 200
+    hit = call(
+        server, "POST", "/v1/lookup", {"query": "weather in oslo today", "category": "time_sensitive"}
+    )[1]
+    assert hit["hit"] and hit["category"] == "time_sensitive" and hit["threshold"] == pytest.approx(0.9)
+    status, err = call(server, "POST", "/v1/lookup", {"query": "x", "category": "nope"})
+    assert status == 400 and "unknown category" in err["error"]["message"]
+    assert call(server, "POST", "/v1/lookup", {"query": "x", "category": 3})[0] == 400
+    text = call(server, "GET", "/metrics", user=None)[1]
+    assert 'edgecache_category_hits_total{category="time_sensitive"} 1' in text
+    assert 'edgecache_category_entries{category="time_sensitive"} 1' in text
+
+
+def test_backend_reports_need_a_monitor(server):
+    status, err = call(server, "POST", "/v1/backend", {"latency_ms": 100})
+    assert status == 409 and err["error"]["type"] == "load_off"
+
+
+def test_backend_reports_drive_the_load_level(tmp_path, embedder, config):
+    from edgecache.load import BackendMonitor
+
+    registry = CacheRegistry(
+        LocalFolderStore(tmp_path),
+        config,
+        embedder,
+        load=BackendMonitor(normal_seconds=1, overloaded_seconds=3),
+    )
+    srv = CacheServer(registry, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert call(srv, "POST", "/v1/backend", {"latency_ms": 500})[1]["load"] == 0.0
+        for _ in range(3):
+            out = call(srv, "POST", "/v1/backend", {"latency_ms": 500, "status": 429})[1]
+        assert out["load"] == 1.0
+        assert call(srv, "POST", "/v1/backend", {"latency_ms": -1})[0] == 400
+        assert call(srv, "POST", "/v1/backend", {"latency_ms": 5, "status": 9999})[0] == 400
+        assert "edgecache_backend_load 1.0" in call(srv, "GET", "/metrics", user=None)[1]
+    finally:
+        srv.shutdown()
+        thread.join(timeout=5)
