@@ -98,8 +98,9 @@ class SemanticCache:
 
     def _embed(
         self, queries: list[CleanText], turns: list[list[CleanText]], batch_size: int = 64
-    ) -> tuple[np.ndarray, dict[int, np.ndarray], list[bool]]:
-        """Index vectors (the query alone), context-chain vectors by position, truncation flags.
+    ) -> tuple[np.ndarray, dict[int, np.ndarray], list[bool], np.ndarray]:
+        """Index vectors (the query alone), context-chain vectors by position, truncation
+        flags, and the vectors the category classifier reads (see Embedded.raw).
 
         Measured on MeanCache's contextual data: indexing a follow-up by the joint text of
         context + query lets a shared context swamp the question ("when was it signed" hit
@@ -113,10 +114,15 @@ class SemanticCache:
         texts = [q.normalized for q in queries]
         texts += list(contexts.values())
         allv = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        rawv: np.ndarray | None = None
         truncated = [False] * len(texts)
         for idx in length_batches(texts, batch_size):
             out = self.embedder.embed([texts[i] for i in idx])
             allv[idx] = out.vectors
+            if out.raw is not None:
+                if rawv is None:
+                    rawv = np.zeros((len(texts), out.raw.shape[1]), dtype=np.float32)
+                rawv[idx] = out.raw
             for i, flag in zip(idx, out.truncated, strict=True):
                 truncated[i] = flag
         n = len(queries)
@@ -125,7 +131,7 @@ class SemanticCache:
             q.clipped or any(t.clipped for t in ts) or truncated[i]
             for i, (q, ts) in enumerate(zip(queries, turns, strict=True))
         ]
-        return allv[:n], ctx, flags
+        return allv[:n], ctx, flags, (rawv if rawv is not None else allv)[:n]
 
     # -- API -------------------------------------------------------------------------
 
@@ -137,9 +143,9 @@ class SemanticCache:
         `category` overrides the classifier when the caller knows it.
         """
         cleaned = clean_query(query)
-        vectors, contexts, flags = self._embed([cleaned], [clean_context(context)])
+        vectors, contexts, flags, topics = self._embed([cleaned], [clean_context(context)])
         vector, ctx, truncated = vectors[0], contexts.get(0), flags[0]
-        query_category = self.rules.categorize(vectors, [category])[0]
+        query_category = self.rules.categorize(topics, [category])[0]
         now = self._clock()
         rules = self.rules.now()
         with self._lock:
@@ -280,8 +286,8 @@ class SemanticCache:
         response_texts = [as_text(r, "response") for r in responses]
         cleaned = [clean_query(q) for q in queries]
         turns = [clean_context(c) for c in contexts]
-        vectors, ctx_of, _ = self._embed(cleaned, turns, batch_size)
-        names = self.rules.categorize(vectors, categories)
+        vectors, ctx_of, _, topics = self._embed(cleaned, turns, batch_size)
+        names = self.rules.categorize(topics, categories)
         with self._lock:
             ids = list(range(self._next_id, self._next_id + n))
             self._next_id += n

@@ -18,7 +18,7 @@ import numpy as np
 from .classifier import DEFAULT_SEEDS, CategoryClassifier, seed_texts
 from .config import CacheConfig
 from .decision import Thresholds, strictest
-from .embedder import Embedder
+from .embedder import Embedded, Embedder
 from .errors import ConfigError, InvalidInputError
 from .load import LoadSignal
 from .policy import Policy
@@ -45,6 +45,21 @@ def category_seeds(policy: Policy) -> dict[str, Any]:
     return out
 
 
+class TopicSpace:
+    """The embedder as the classifier sees it: its pre-projection vectors when it has them."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        probe = embedder.embed(["what is this about"])
+        self.uses_raw = probe.raw is not None
+        self.dim = probe.raw.shape[1] if probe.raw is not None else embedder.dim
+        self.fingerprint = embedder.fingerprint + (":raw" if self.uses_raw else "")
+
+    def embed(self, texts: list[str]) -> Embedded:
+        out = self.embedder.embed(texts)
+        return Embedded(out.raw if out.raw is not None else out.vectors, out.truncated)
+
+
 _classifiers: dict[tuple[str, str], CategoryClassifier] = {}
 _classifiers_lock = threading.Lock()
 
@@ -56,7 +71,7 @@ def shared_classifier(embedder: Embedder, policy: Policy) -> CategoryClassifier:
     key = (embedder.fingerprint, digest)
     with _classifiers_lock:
         if key not in _classifiers:
-            _classifiers[key] = CategoryClassifier(embedder, seeds, fallback=policy.fallback)
+            _classifiers[key] = CategoryClassifier(TopicSpace(embedder), seeds, fallback=policy.fallback)
         return _classifiers[key]
 
 
@@ -89,7 +104,10 @@ class CategoryRules:
         return name
 
     def categorize(self, vectors: np.ndarray, explicit: Sequence[object | None]) -> list[str]:
-        """Each query's category: the caller's when given, else the classifier's."""
+        """Each query's category: the caller's when given, else the classifier's.
+
+        `vectors`: the queries' topic vectors (Embedded.raw when the embedder has them).
+        """
         out = [None if e is None else self.check(e) for e in explicit]
         todo = [i for i, name in enumerate(out) if name is None]
         if todo:

@@ -22,6 +22,10 @@ log = logging.getLogger("edgecache")
 class Embedded:
     vectors: np.ndarray  # (n, dim) float32, unit norm
     truncated: list[bool]
+    # The encoder's own vectors before projection, when there is a projection. The
+    # compact head keeps what tells paraphrases apart and drops topic, so category
+    # classification reads these (CLINC domains: 0.71 accuracy here vs 0.50 projected).
+    raw: np.ndarray | None = None
 
 
 class Embedder(Protocol):
@@ -48,7 +52,7 @@ class ProjectedEncoder:
             )
         self.dim = projection.out_dim
         self.recent_size = recent_size
-        self._recent: OrderedDict[str, tuple[np.ndarray, bool]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[np.ndarray, bool, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
         self.fingerprint = hashlib.sha256(
             f"{encoder.fingerprint}:{projection.fingerprint}".encode()
@@ -67,16 +71,15 @@ class ProjectedEncoder:
         missing = [t for t in dict.fromkeys(texts) if t not in known]
         if missing:
             out = self.encoder.encode_detailed(missing)
-            fresh = dict(
-                zip(missing, zip(self.projection.apply(out.vectors), out.truncated, strict=True), strict=True)
-            )
+            projected = self.projection.apply(out.vectors)
+            fresh = dict(zip(missing, zip(projected, out.truncated, out.vectors, strict=True), strict=True))
             known.update(fresh)
             with self._lock:
                 self._recent.update(fresh)
                 while len(self._recent) > self.recent_size:
                     self._recent.popitem(last=False)
         rows = [known[t] for t in texts]
-        return Embedded(np.stack([r[0] for r in rows]), [r[1] for r in rows])
+        return Embedded(np.stack([r[0] for r in rows]), [r[1] for r in rows], np.stack([r[2] for r in rows]))
 
 
 _shared: dict[tuple, ProjectedEncoder] = {}

@@ -88,3 +88,40 @@ def load_contextual(root: Path | None = None) -> dict[str, list[Conversation]]:
         rows = json.loads((folder / f"meancache_{name}.json").read_text())
         out[name] = [Conversation(r["Main Query"], r["Follow-Up Query"], None, None) for r in rows]
     return out
+
+
+@dataclass(frozen=True)
+class Labelled:
+    text: str
+    label: str  # CLINC intent, MT-bench category, or FreshQA fact_type
+    group: str = ""  # CLINC domain of the intent; FreshQA split
+
+
+def load_clinc(split: str = "val", root: Path | None = None) -> list[Labelled]:
+    """CLINC150 in-scope queries of a split (train / val), with intent and domain."""
+    folder = (root or data_root()) / "categories"
+    data = json.loads((folder / "clinc150_data_full.json").read_text())
+    if split not in ("train", "val"):
+        raise ValueError(f"CLINC split must be train or val (test is kept back), got {split!r}")
+    domain_of = {
+        intent: domain
+        for domain, intents in json.loads((folder / "clinc150_domains.json").read_text()).items()
+        for intent in intents
+    }
+    return [Labelled(text, intent, domain_of[intent]) for text, intent in data[split]]
+
+
+def load_mt_bench(root: Path | None = None) -> list[Labelled]:
+    """MT-bench first turns with their category."""
+    path = (root or data_root()) / "categories" / "mt_bench_questions.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Labelled(r["turns"][0], r["category"]) for r in rows]
+
+
+def load_freshqa(root: Path | None = None) -> list[Labelled]:
+    """FreshQA questions with fact_type (never-, slow-, fast-changing) and split (TEST / DEV)."""
+    import csv
+
+    path = (root or data_root()) / "categories" / "freshqa.csv"
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [Labelled(r["question"], r["fact_type"], r["split"]) for r in csv.DictReader(fh)]

@@ -22,7 +22,7 @@ def emb() -> HashingEmbedder:
 
 @pytest.fixture
 def clf(emb) -> CategoryClassifier:
-    return CategoryClassifier(emb, SEEDS)
+    return CategoryClassifier(emb, SEEDS, method="prototype")
 
 
 def test_prototypes_are_normalised_means_of_seed_vectors(emb, clf):
@@ -50,8 +50,8 @@ def test_one_vector_and_empty_batch(emb, clf):
     assert clf.classify([]) == []
 
 
-@pytest.mark.parametrize("method", ["nearest", "knn"])
-def test_other_methods_agree_on_clear_cases(emb, method):
+@pytest.mark.parametrize("method", ["nearest", "knn", "prototype"])
+def test_every_method_gets_clear_cases(emb, method):
     clf = CategoryClassifier(emb, SEEDS, method=method, k=2)
     v = emb.embed(["apple banana", "engine wheel"]).vectors
     assert clf.classify_vectors(v) == ["fruit", "car"]
@@ -59,8 +59,9 @@ def test_other_methods_agree_on_clear_cases(emb, method):
         np.testing.assert_allclose(clf.scores(v).max(axis=1), 1.0, atol=1e-6)
 
 
-def test_fallback_below_min_score(emb):
-    clf = CategoryClassifier(emb, SEEDS, min_score=0.3, fallback="other")
+@pytest.mark.parametrize("method", ["knn", "prototype"])
+def test_fallback_below_min_score(emb, method):
+    clf = CategoryClassifier(emb, SEEDS, method=method, min_score=0.3, fallback="other")
     v = emb.embed(["apple banana", "quantum zebra telescope"]).vectors
     assert clf.classify_vectors(v) == ["fruit", "other"]
     assert "other" not in clf.categories  # the fallback need not be a category
@@ -69,7 +70,7 @@ def test_fallback_below_min_score(emb):
 
 
 def test_refine_moves_prototypes_and_changes_a_decision(emb):
-    clf = CategoryClassifier(emb, SEEDS)
+    clf = CategoryClassifier(emb, SEEDS, method="prototype")
     query = emb.embed(["tyre garage"]).vectors
     before = clf.prototypes.copy()
     clf.refine(["tyre garage mechanic", "garage tyre"], ["car", "car"])
@@ -82,7 +83,7 @@ def test_refine_moves_prototypes_and_changes_a_decision(emb):
 
 
 def test_refine_vectors_takes_precomputed_vectors(emb):
-    clf = CategoryClassifier(emb, SEEDS)
+    clf = CategoryClassifier(emb, SEEDS)  # knn: the new example is itself a seed
     clf.refine_vectors(emb.embed(["plum"]).vectors, ["fruit"])
     assert clf.seed_counts()["fruit"] == 4
     assert clf.classify(["plum"]) == ["fruit"]
@@ -93,6 +94,7 @@ def test_default_seeds_have_the_documented_categories(emb):
     for spec in DEFAULT_SEEDS.values():
         assert spec["description"] and 10 <= len(spec["examples"]) <= 20
     clf = CategoryClassifier(emb)  # DEFAULT_SEEDS by default; description + examples are seeds
+    assert clf.method == "knn" and clf.k == 3
     assert clf.categories == tuple(DEFAULT_SEEDS)
     assert clf.seed_counts()["code"] == 1 + len(DEFAULT_SEEDS["code"]["examples"])
     assert seed_texts({"a": "single text"}) == {"a": ["single text"]}

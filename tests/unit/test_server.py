@@ -166,7 +166,7 @@ def test_error_with_unread_body_closes_the_connection(server):
 
 
 def test_categories_over_http_and_per_category_metrics(server):
-    status, out = call(
+    status, _ = call(
         server,
         "POST",
         "/v1/insert",
