@@ -18,7 +18,6 @@ Both spaces are measured: the cache's projected 64-d vectors (learned-64) and th
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 from edgecache.classifier import DEFAULT_SEEDS, CategoryClassifier
 from edgecache.embcache import encode_cached
 from edgecache.embedder import shared_embedder
-from edgecache.evaldata import data_root
+from edgecache.evaldata import CLINC_DEFAULT_CATEGORY, load_clinc, load_freshqa, load_mt_bench
 
 HERE = Path(__file__).parent
 OUT = HERE / "results" / "categories.json"
@@ -241,53 +240,6 @@ MT_SEEDS: dict[str, dict] = {
     },
 }
 
-# CLINC intents that map onto a default category without doubt. Intents left out are
-# device actions or ambiguous (play_music, alarm, timer, translate-like commands on the
-# assistant's settings, directions, improve_credit_score advice, ...).
-CLINC_TO_DEFAULT: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "who_made_you", "meaning_of_life", "who_do_you_work_for", "do_you_have_pets",
-            "what_are_your_hobbies", "fun_fact", "what_is_your_name", "where_are_you_from",
-            "goodbye", "thank_you", "greeting", "tell_joke", "are_you_a_bot", "how_old_are_you",
-            "what_can_i_ask_you",
-        ],
-        "small_talk",
-    ),
-    **dict.fromkeys(
-        ["weather", "time", "date", "traffic", "exchange_rate", "flight_status", "how_busy", "travel_alert"],
-        "time_sensitive",
-    ),
-    **dict.fromkeys(
-        [
-            # banking (all), credit cards (all but improve_credit_score)
-            "freeze_account", "routing", "pin_change", "bill_due", "pay_bill", "account_blocked",
-            "interest_rate", "min_payment", "bill_balance", "transfer", "order_checks", "balance",
-            "spending_history", "transactions", "report_fraud",
-            "replacement_card_duration", "expiration_date", "damaged_card", "report_lost_card",
-            "card_declined", "credit_limit_change", "apr", "redeem_rewards", "credit_limit",
-            "rewards_balance", "application_status", "credit_score", "new_card", "international_fees",
-            # the user's own lists, calendar, orders, bookings, job account
-            "reminder", "reminder_update", "calendar", "calendar_update", "todo_list",
-            "todo_list_update", "shopping_list", "shopping_list_update", "order_status",
-            "confirm_reservation", "cancel_reservation", "pto_balance", "pto_request_status",
-            "pto_used", "pto_request", "payday", "income", "w2", "direct_deposit", "meeting_schedule",
-            "schedule_meeting", "last_maintenance",
-        ],
-        "personal",
-    ),
-    **dict.fromkeys(
-        [
-            "definition", "calculator", "measurement_conversion", "spelling", "timezone", "plug_type",
-            "calories", "nutrition_info",
-        ],
-        "stable_fact",
-    ),
-    **dict.fromkeys(
-        ["translate", "meal_suggestion", "travel_suggestion", "restaurant_suggestion", "recipe"], "other"
-    ),
-}  # fmt: skip
-
 
 def confusion(truth: list[str], pred: list[str]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
@@ -362,25 +314,22 @@ def few_shot(
 
 
 def main() -> None:
-    root = data_root() / "categories"
-    clinc = json.loads((root / "clinc150_data_full.json").read_text())
-    domains = json.loads((root / "clinc150_domains.json").read_text())
-    intent_domain = {i: d for d, intents in domains.items() for i in intents}
-    mt = [json.loads(line) for line in (root / "mt_bench_questions.jsonl").read_text().splitlines() if line]
-    fresh = [r for r in csv.DictReader((root / "freshqa.csv").open(encoding="utf-8")) if r["split"] == "TEST"]
+    train, val = load_clinc("train"), load_clinc("val")
+    mt = load_mt_bench()
+    fresh = [x for x in load_freshqa() if x.group == "TEST"]
 
-    train_text = [t for t, _ in clinc["train"]]
-    train_dom = [intent_domain[i] for _, i in clinc["train"]]
-    val_text = [t for t, _ in clinc["val"]]
-    val_intent = [i for _, i in clinc["val"]]
-    val_dom = [intent_domain[i] for i in val_intent]
-    mapped_val = [j for j, i in enumerate(val_intent) if i in CLINC_TO_DEFAULT]
-    mapped_val_truth = [CLINC_TO_DEFAULT[val_intent[j]] for j in mapped_val]
-    train_intent = [i for _, i in clinc["train"]]
-    mt_text = [q["turns"][0] for q in mt]
-    mt_cat = [q["category"] for q in mt]
-    fresh_text = [r["question"] for r in fresh]
-    fresh_type = [r["fact_type"] for r in fresh]
+    train_text = [x.text for x in train]
+    train_dom = [x.group for x in train]
+    val_text = [x.text for x in val]
+    val_intent = [x.label for x in val]
+    val_dom = [x.group for x in val]
+    mapped_val = [j for j, i in enumerate(val_intent) if i in CLINC_DEFAULT_CATEGORY]
+    mapped_val_truth = [CLINC_DEFAULT_CATEGORY[val_intent[j]] for j in mapped_val]
+    train_intent = [x.label for x in train]
+    mt_text = [x.text for x in mt]
+    mt_cat = [x.label for x in mt]
+    fresh_text = [x.text for x in fresh]
+    fresh_type = [x.label for x in fresh]
 
     results: dict = {
         "data": {
@@ -390,7 +339,7 @@ def main() -> None:
             "mt_bench": len(mt_text),
             "freshqa_test": len(fresh_text),
         },
-        "clinc_to_default": CLINC_TO_DEFAULT,
+        "clinc_to_default": CLINC_DEFAULT_CATEGORY,
         "spaces": {},
     }
     for name, projection in SPACES.items():
@@ -479,8 +428,8 @@ def main() -> None:
             pool_dom.setdefault(d, []).append(j)
         pool_def: dict[str, list[int]] = {}
         for j, i in enumerate(train_intent):
-            if i in CLINC_TO_DEFAULT:
-                pool_def.setdefault(CLINC_TO_DEFAULT[i], []).append(j)
+            if i in CLINC_DEFAULT_CATEGORY:
+                pool_def.setdefault(CLINC_DEFAULT_CATEGORY[i], []).append(j)
         r["few_shot_clinc_domains_val"] = few_shot(
             space, CLINC_SEEDS, method, pool_dom, train_v, val_v, val_dom
         )

@@ -162,6 +162,8 @@ class SemanticCache:
             )
             cand = verdict.candidate
             threshold = rules.thresholds(query_category).for_query(ctx is not None)
+            if ctx is None:
+                self.rules.count_lookup(query_category, threshold)
             if not verdict.hit or cand is None:
                 return LookupResult(
                     False,
@@ -174,6 +176,7 @@ class SemanticCache:
                 )
             entry = self._entries[cand.entry_id]
             response = entry.response
+            served_at = rules.pair(query_category, entry.category).for_query(ctx is not None)
         if self.bodies is not None:
             # Outside the lock: a document store read may be a network round trip.
             response = self._read_body(entry.id)
@@ -189,7 +192,9 @@ class SemanticCache:
         with self._lock:
             entry.hits += 1
             entry.last_used_at = now
-            entry.last_similarity = cand.similarity
+            if ctx is None:
+                entry.last_similarity, entry.last_threshold = cand.similarity, served_at
+                entry.last_category = query_category
             self._counts[query_category]["hits"] += 1
         return LookupResult(
             True,
@@ -402,7 +407,11 @@ class SemanticCache:
             else:
                 entry.wrong_feedback += 1
             self._counts[entry.category]["right_feedback" if correct else "wrong_feedback"] += 1
-        self.rules.observe(entry, correct)
+            served = dataclasses.replace(entry)
+            # One verdict per served hit: a second call about the same hit changes the
+            # entry's counts but is not new evidence about the threshold.
+            entry.last_similarity = None
+        self.rules.observe(served, correct)
         return entry
 
     def get(self, entry_id: int) -> Entry:

@@ -67,11 +67,15 @@ _classifiers_lock = threading.Lock()
 def shared_classifier(embedder: Embedder, policy: Policy) -> CategoryClassifier:
     """One classifier per encoder and category set: every user's cache shares it."""
     seeds = category_seeds(policy)
-    digest = hashlib.sha256(repr((sorted(seed_texts(seeds).items()), policy.fallback)).encode()).hexdigest()
+    digest = hashlib.sha256(
+        repr((sorted(seed_texts(seeds).items()), policy.fallback, policy.min_category_score)).encode()
+    ).hexdigest()
     key = (embedder.fingerprint, digest)
     with _classifiers_lock:
         if key not in _classifiers:
-            _classifiers[key] = CategoryClassifier(TopicSpace(embedder), seeds, fallback=policy.fallback)
+            _classifiers[key] = CategoryClassifier(
+                TopicSpace(embedder), seeds, fallback=policy.fallback, min_score=policy.min_category_score
+            )
         return _classifiers[key]
 
 
@@ -128,10 +132,21 @@ class CategoryRules:
         limits = [t for t in (self._by_name[category].ttl_seconds, self.config.ttl_seconds) if t is not None]
         return min(limits) if limits else None
 
+    def count_lookup(self, category: str, threshold: float) -> None:
+        """Every standalone lookup counts toward its category's false-hit rate per request.
+
+        Follow-ups are left out: their context check gates them and their threshold stays fixed.
+        """
+        if self.calibrator is not None:
+            self.calibrator.count_lookups(category, served_at=threshold)
+
     def observe(self, entry: Entry, correct: bool) -> None:
-        """Feedback on a served hit moves its category's threshold (when a target is set)."""
-        if self.calibrator is not None and entry.last_similarity is not None:
-            self.calibrator.observe(entry.category, entry.last_similarity, correct)
+        """Feedback on the last standalone hit of an entry moves the threshold of the
+        category it was served under (when a false-hit target is set)."""
+        if self.calibrator is not None and entry.last_similarity is not None and entry.last_category:
+            self.calibrator.observe(
+                entry.last_category, entry.last_similarity, correct, served_at=entry.last_threshold
+            )
 
     def now(self) -> RulesNow:
         return RulesNow(self, self.load.level() if self.load is not None else 0.0)

@@ -125,3 +125,51 @@ def load_freshqa(root: Path | None = None) -> list[Labelled]:
     path = (root or data_root()) / "categories" / "freshqa.csv"
     with path.open(newline="", encoding="utf-8") as fh:
         return [Labelled(r["question"], r["fact_type"], r["split"]) for r in csv.DictReader(fh)]
+
+
+# Intents of CLINC150 whose answers belong to one of the default cache categories (edgecache.policy),
+# by what the answer depends on. Device actions and unclear intents (alarm, play_music, ...)
+# are left out. Used to score the category classifier and to give the replay stream its truth.
+CLINC_DEFAULT_CATEGORY: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "who_made_you", "meaning_of_life", "who_do_you_work_for", "do_you_have_pets",
+            "what_are_your_hobbies", "fun_fact", "what_is_your_name", "where_are_you_from",
+            "goodbye", "thank_you", "greeting", "tell_joke", "are_you_a_bot", "how_old_are_you",
+            "what_can_i_ask_you",
+        ],
+        "small_talk",
+    ),
+    **dict.fromkeys(
+        ["weather", "time", "date", "traffic", "exchange_rate", "flight_status", "how_busy", "travel_alert"],
+        "time_sensitive",
+    ),
+    **dict.fromkeys(
+        [
+            # banking (all), credit cards (all but improve_credit_score)
+            "freeze_account", "routing", "pin_change", "bill_due", "pay_bill", "account_blocked",
+            "interest_rate", "min_payment", "bill_balance", "transfer", "order_checks", "balance",
+            "spending_history", "transactions", "report_fraud",
+            "replacement_card_duration", "expiration_date", "damaged_card", "report_lost_card",
+            "card_declined", "credit_limit_change", "apr", "redeem_rewards", "credit_limit",
+            "rewards_balance", "application_status", "credit_score", "new_card", "international_fees",
+            # the user's own lists, calendar, orders, bookings, job account
+            "reminder", "reminder_update", "calendar", "calendar_update", "todo_list",
+            "todo_list_update", "shopping_list", "shopping_list_update", "order_status",
+            "confirm_reservation", "cancel_reservation", "pto_balance", "pto_request_status",
+            "pto_used", "pto_request", "payday", "income", "w2", "direct_deposit", "meeting_schedule",
+            "schedule_meeting", "last_maintenance",
+        ],
+        "personal",
+    ),
+    **dict.fromkeys(
+        [
+            "definition", "calculator", "measurement_conversion", "spelling", "timezone", "plug_type",
+            "calories", "nutrition_info",
+        ],
+        "stable_fact",
+    ),
+    **dict.fromkeys(
+        ["translate", "meal_suggestion", "travel_suggestion", "restaurant_suggestion", "recipe"], "other"
+    ),
+}  # fmt: skip

@@ -9,13 +9,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from . import snapshot
 from .cache import SemanticCache
+from .calibration import OnlineCalibrator
 from .config import CacheConfig
 from .embedder import Embedder
+from .errors import SnapshotError
 from .load import LoadSignal
 from .stores import Store, check_user
 
 log = logging.getLogger("edgecache")
+
+# Store key of the shared feedback statistics; user keys are 40 hex digits, so no clash.
+CALIBRATION_KEY = "calibration"
 
 
 class CacheRegistry:
@@ -33,8 +39,10 @@ class CacheRegistry:
         load: LoadSignal | None = None,
     ) -> None:
         self.store, self.config, self.embedder = store, config, embedder
-        # Shared by every user's cache: one backend, one document store.
+        # Shared by every user's cache: one backend, one document store, and one set of
+        # feedback statistics (every user's feedback tightens the category thresholds).
         self.bodies, self.load = bodies, load
+        self.calibrator = self._load_calibrator() if config.policy.false_hit_target is not None else None
         self.max_loaded = max_loaded
         self._clock = clock
         self._caches: OrderedDict[str, SemanticCache] = OrderedDict()
@@ -77,6 +85,7 @@ class CacheRegistry:
             clock=self._clock,
             bodies=self.bodies,
             load=self.load,
+            calibrator=self.calibrator,
         )
         with self._lock:
             cache = self._caches.setdefault(user, loaded)
@@ -127,7 +136,33 @@ class CacheRegistry:
             pending = [(u, self._caches[u]) for u in self._dirty if u in self._caches]
         for user, cache in pending:
             self._save(user, cache)
+        if pending and self.calibrator is not None:
+            self.store.put(
+                CALIBRATION_KEY,
+                snapshot.encode(
+                    {"fingerprint": self.embedder.fingerprint, "calibration": self.calibrator.to_dict()}
+                ),
+            )
         return len(pending)
+
+    def _load_calibrator(self) -> OnlineCalibrator:
+        """The saved feedback statistics under the configured target, or fresh ones.
+
+        Statistics from another encoder, or a damaged file, are set aside (renamed), never
+        silently overwritten: they are thresholds in another similarity scale.
+        """
+        policy = self.config.policy
+        assert policy.false_hit_target is not None
+        data = self.store.get(CALIBRATION_KEY)
+        if data is not None:
+            try:
+                saved = snapshot.decode(data, self.embedder.fingerprint)["calibration"]
+                saved["settings"] |= {"delta": policy.false_hit_target, "confidence": policy.confidence}
+                return OnlineCalibrator.from_dict(saved)
+            except (SnapshotError, ValueError, KeyError, TypeError) as exc:
+                log.warning("calibration statistics unusable (%s); kept as %s.bad", exc, CALIBRATION_KEY)
+                self.store.put(f"{CALIBRATION_KEY}.bad", data)
+        return OnlineCalibrator(policy.false_hit_target, policy.confidence)
 
     def loaded(self) -> list[SemanticCache]:
         with self._lock:

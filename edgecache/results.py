@@ -26,8 +26,11 @@ class Entry:
     category: str = "other"
     # Bytes this entry holds: query + response text, its vectors in the index and context.
     size: int = 0
-    # Similarity of the query it last answered: what its next feedback is about.
+    # The standalone query it last answered (its similarity, the threshold that let it
+    # through, its category): what the next feedback is about, for error-bounded thresholds.
     last_similarity: float | None = None
+    last_threshold: float | None = None
+    last_category: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

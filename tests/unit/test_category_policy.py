@@ -230,3 +230,66 @@ def test_restore_maps_retired_categories_to_the_fallback(make_cache):
     narrow = Policy.from_dict({"categories": [{"name": "misc"}], "fallback": "misc", "classify": False})
     new = make_cache(store=store, policy=narrow)
     assert new.stats().categories["misc"]["entries"] == 1
+
+
+def test_wrong_feedback_raises_the_category_threshold(embedder, clock):
+    cfg = CacheConfig(threshold=0.5, policy=Policy(false_hit_target=0.05, classify=False))
+    cache = SemanticCache("dora", config=cfg, embedder=embedder, clock=clock)
+    eid = cache.insert("alpha beta gamma delta", "x")
+    first = cache.lookup("alpha beta gamma zeta")  # similarity 0.75
+    assert first.hit and first.threshold == pytest.approx(0.5)
+    for _ in range(30):
+        got = cache.lookup("alpha beta gamma zeta")
+        if not got.hit:
+            break
+        cache.feedback(eid, correct=False)
+        cache._entries[eid].wrong_feedback = 0  # keep the entry itself undisputed: test the threshold
+    later = cache.lookup("alpha beta gamma zeta")
+    assert not later.hit and later.reason == Reason.BELOW_THRESHOLD and later.threshold >= 0.75
+    assert cache.lookup("alpha beta gamma delta").hit  # exact repeats still hit
+
+
+def test_feedback_counts_once_per_served_hit(embedder, clock):
+    seen = []
+
+    class Recorder:
+        def threshold(self, key, default):
+            from edgecache.calibration import ThresholdChoice
+
+            return ThresholdChoice(default, 1.0, 0, 0, "default_cold_start")
+
+        def count_lookups(self, key, n=1, served_at=None):
+            pass
+
+        def observe(self, key, similarity, correct, served_at=None):
+            seen.append((key, round(similarity, 3), correct, served_at))
+
+    cfg = CacheConfig(threshold=0.5, policy=Policy(false_hit_target=0.05, classify=False))
+    cache = SemanticCache("erin", config=cfg, embedder=embedder, clock=clock, calibrator=Recorder())
+    eid = cache.insert("alpha beta gamma delta", "x")
+    cache.lookup("alpha beta gamma zeta")
+    cache.feedback(eid, correct=True)
+    cache.feedback(eid, correct=True)
+    assert seen == [("other", 0.75, True, 0.5)]
+
+
+def test_registry_shares_and_persists_feedback_statistics(tmp_path, embedder, clock):
+    from edgecache import LocalFolderStore
+    from edgecache.registry import CALIBRATION_KEY, CacheRegistry
+
+    cfg = CacheConfig(threshold=0.5, policy=Policy(false_hit_target=0.05, classify=False))
+    store = LocalFolderStore(tmp_path)
+    registry = CacheRegistry(store, cfg, embedder, clock=clock)
+    with registry.use("a", mutate=True) as a:
+        eid = a.insert("alpha beta gamma delta", "x")
+        assert a.lookup("alpha beta gamma zeta").hit
+        a.feedback(eid, correct=False)
+    with registry.use("b") as b:
+        assert b.rules.calibrator is a.rules.calibrator
+    registry.flush()
+    assert store.get(CALIBRATION_KEY) is not None
+    again = CacheRegistry(store, cfg, embedder, clock=clock)
+    assert again.calibrator is not None and again.calibrator.keys() == ["other"]
+    store.put(CALIBRATION_KEY, b"garbage")
+    fresh = CacheRegistry(store, cfg, embedder, clock=clock)
+    assert fresh.calibrator.keys() == [] and store.get(f"{CALIBRATION_KEY}.bad") == b"garbage"
