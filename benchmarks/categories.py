@@ -347,6 +347,8 @@ def main() -> None:
         space = Space(projection)
         train_v = space.vectors(train_text, "CLINC train")
         val_v = space.vectors(val_text, "CLINC val")
+        if projection == "none":
+            val_v_raw = val_v
         mt_v = space.vectors(mt_text, "MT-bench")
         fresh_v = space.vectors(fresh_text, "FreshQA")
         r: dict = {}
@@ -445,9 +447,51 @@ def main() -> None:
         )
         results["spaces"][name] = r
 
+    results["shipped"] = shipped(val_v_raw, mapped_val, mapped_val_truth, mt_cat, fresh_type)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     print(report(results))
+    print(json.dumps(results["shipped"], indent=1))
+
+
+def shipped(val_raw, mapped_val, mapped_truth, mt_cat, fresh_type) -> dict:
+    """The classifier exactly as the cache builds it (edgecache.categories, default Policy:
+    raw 384-d space, knn-3, below min_category_score -> `other`), and how many QQP test
+    questions (general questions: none should get a short-TTL category) it sends where."""
+    from edgecache.categories import shared_classifier
+    from edgecache.evaldata import load_qqp
+    from edgecache.policy import Policy
+
+    policy = Policy()
+    space = Space("none")
+    clf = shared_classifier(shared_embedder("learned-64"), policy)
+    pred = clf.classify_vectors(val_raw[mapped_val])
+    mt_pred = clf.classify_vectors(space.vectors([x.text for x in load_mt_bench()], "MT-bench"))
+    fresh = [x for x in load_freshqa() if x.group == "TEST"]
+    fresh_pred = clf.classify_vectors(space.vectors([x.text for x in fresh], "FreshQA"))
+    qqp = sorted({q for p in load_qqp()["test"] for q in (p.a, p.b)})
+    qqp_pred = clf.classify_vectors(space.vectors(qqp, "QQP test"))
+    is_code = [c == "coding" for c in mt_cat]
+    said = [p == "code" for p in mt_pred]
+    tp = sum(a and b for a, b in zip(is_code, said, strict=True))
+    return {
+        "min_category_score": policy.min_category_score,
+        "clinc_default_val": {
+            "accuracy": accuracy(mapped_truth, pred),
+            "macro_recall": macro_recall(mapped_truth, pred),
+            "confusion": confusion(mapped_truth, pred),
+        },
+        "mt_bench_code": {
+            "recall": round(tp / max(sum(is_code), 1), 4),
+            "precision": round(tp / max(sum(said), 1), 4),
+        },
+        "freshqa_test_time_sensitive_rate": {
+            t: share([p for p, ft in zip(fresh_pred, fresh_type, strict=True) if ft == t], "time_sensitive")
+            for t in ("never-changing", "slow-changing", "fast-changing")
+        },
+        "qqp_test_categories": {c: share(qqp_pred, c) for c in policy.names},
+        "qqp_test_questions": len(qqp),
+    }
 
 
 def report(results: dict) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 _TOKEN = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
+_ACRONYM = re.compile(r"\b(?:[A-Z]\.){2,}")  # U.S. -> US, U.K. -> UK
 _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
     "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
@@ -42,6 +43,9 @@ _OPPOSITES = (
     ("advantages", "disadvantages"), ("positive", "negative"), ("rich", "poor"),
     ("old", "new"), ("first", "last"), ("young", "old"), ("light", "dark"), ("up", "down"),
 )  # fmt: skip
+# Words that give the words around them roles: "from Boston to Chicago" is not "from
+# Chicago to Boston", but "little black bugs" is "black little bugs".
+_DIRECTIONAL = frozenset("to from than into onto toward towards".split())
 # Words that start a sentence or a question and say nothing about its subject.
 _COMMON_CAPITALISED = frozenset(
     "i what how why when where which who whom whose is are was were do does did can could should "
@@ -56,16 +60,24 @@ class Signals:
     words: frozenset[str]
     names: frozenset[str]  # capitalised or mixed-case tokens not at the start: names, acronyms
     order: tuple[str, ...]  # content words in order ("from Boston to Chicago")
+    tokens: tuple[str, ...] = ()  # every token, lower case, in order
+    number_seq: tuple[str, ...] = ()  # the numbers in order, number words as digits
     # Per pair of opposites (index into _OPPOSITES): 1 = left side present, 2 = right, 3 = both.
     polar: tuple[tuple[int, int], ...] = ()
 
 
 @lru_cache(maxsize=8192)
 def signals(text: str) -> Signals:
-    tokens = _TOKEN.findall(text.replace("\u2019", "'"))
+    text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text.replace("\u2019", "'"))
+    # "Bernoulli's" names what "Bernoullis" and "Bernoulli" name.
+    tokens = [t[:-2] if t.endswith("'s") else t for t in _TOKEN.findall(text)]
     lower = [t.lower() for t in tokens]
-    numbers = {t.replace(",", "") for t in tokens if t[0].isdigit()}
-    numbers |= {_NUMBER_WORDS[t] for t in lower if t in _NUMBER_WORDS}
+    number_seq = tuple(
+        t.replace(",", "") if t[0].isdigit() else _NUMBER_WORDS[low]
+        for t, low in zip(tokens, lower, strict=True)
+        if t[0].isdigit() or low in _NUMBER_WORDS
+    )
+    numbers = set(number_seq)
     names = {
         low
         for i, (tok, low) in enumerate(zip(tokens, lower, strict=True))
@@ -93,6 +105,8 @@ def signals(text: str) -> Signals:
         frozenset(lower),
         frozenset(names),
         order,
+        tuple(lower),
+        number_seq,
         tuple(polar.items()),
     )
 
@@ -142,14 +156,61 @@ def _overlap(a: Signals, b: Signals, ignore: frozenset[str]) -> float:
 MINIMAL_PAIR_OVERLAP = 0.6
 
 
+# Negation flips meaning only when it is the difference; "contact Tim Cook" and "contact Tim
+# Cook, not by email" add a condition. So the pair must agree on nearly all other words.
+NEGATION_OVERLAP = 0.8
+
+
+def _within(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
+    """Is one sequence the other with items added (a subsequence of it)?"""
+    short, long = (x, y) if len(x) <= len(y) else (y, x)
+    rest = iter(long)
+    return all(item in rest for item in short)
+
+
+def _roles(tokens: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(word before, directional word, word after) for each directional word, sorted."""
+    return sorted(
+        (tokens[i - 1] if i else "", t, tokens[i + 1] if i + 1 < len(tokens) else "")
+        for i, t in enumerate(tokens)
+        if t in _DIRECTIONAL
+    )
+
+
+def _typo(x: str, y: str) -> bool:
+    """One letter changed or two adjacent letters swapped inside a name of 5+ letters
+    (Qoura / Quora, Kurosowa / Kurosawa). Names that differ at the start or in length
+    (Ethanol / Methanol, Austria / Australia) are different names."""
+    if len(x) != len(y) or len(x) < 5 or x[0] != y[0]:
+        return False
+    diff = [i for i, (p, q) in enumerate(zip(x, y, strict=True)) if p != q]
+    if len(diff) == 1:
+        return True
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
+
+
+def _slot(name: str, tokens: tuple[str, ...]) -> set[str]:
+    """The words right before a name: where it sits in the sentence."""
+    return {tokens[i - 1] for i, t in enumerate(tokens) if t == name and i}
+
+
+def _substituted(only_a: frozenset[str], only_b: frozenset[str], a: Signals, b: Signals) -> bool:
+    """Does a name of one text stand where another name stands in the other ("in Montreal"
+    / "in Hamilton"), rather than one text merely naming more ("the Browns" / "the
+    Cleveland Browns")?"""
+    return any(not _typo(x, y) and _slot(x, a.tokens) & _slot(y, b.tokens) for x in only_a for y in only_b)
+
+
 def veto(query: str, cached: str) -> str | None:
     """Why `cached` must not answer `query` despite their similarity; None when no guard objects."""
     a, b = signals(query), signals(cached)
-    if a.numbers and b.numbers and a.numbers != b.numbers:
+    # A number changed, not merely added: "the first 20 numbers" and "the first 20 numbers
+    # (1 to 20)" ask the same, "in 5 minutes" and "in 10 minutes" do not.
+    if a.number_seq != b.number_seq and not _within(a.number_seq, b.number_seq):
         digits = frozenset(a.numbers | b.numbers | set(_NUMBER_WORDS))
         if _overlap(a, b, digits) >= MINIMAL_PAIR_OVERLAP:
             return "numbers"
-    if a.negated != b.negated and _overlap(a, b, _NEGATIONS) >= MINIMAL_PAIR_OVERLAP:
+    if a.negated != b.negated and _overlap(a, b, _NEGATIONS) >= NEGATION_OVERLAP:
         return "negation"
     b_polar = dict(b.polar)
     for pair, side in a.polar:
@@ -158,10 +219,15 @@ def veto(query: str, cached: str) -> str | None:
             left, right = _OPPOSITES[pair]
             if _overlap(a, b, _forms(left) | _forms(right)) >= MINIMAL_PAIR_OVERLAP:
                 return "polarity"
-    if a.words == b.words and a.order != b.order and len(a.order) == len(b.order):
+    if a.words == b.words and a.order != b.order and _roles(a.tokens) != _roles(b.tokens):
         return "order"  # same words, swapped roles: "from Boston to Chicago" / "from Chicago to Boston"
     only_a = frozenset(n for n in a.names if not _named_in(n, b.words))
     only_b = frozenset(n for n in b.names if not _named_in(n, a.words))
-    if only_a and only_b and _overlap(a, b, only_a | only_b) >= MINIMAL_PAIR_OVERLAP:
+    if (
+        only_a
+        and only_b
+        and _overlap(a, b, only_a | only_b) >= MINIMAL_PAIR_OVERLAP
+        and _substituted(only_a, only_b, a, b)
+    ):
         return "entities"
     return None

@@ -30,3 +30,21 @@ def test_bad_config_files_name_the_problem(tmp_path, text, error):
 def test_serve_defaults_to_loopback():
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.user_header) == ("127.0.0.1", 8080, "X-Edgecache-User")
+
+
+def test_policy_from_a_toml_file(tmp_path):
+    path = tmp_path / "cache.toml"
+    path.write_text(
+        "threshold = 0.8\n"
+        "[policy]\nfalse_hit_target = 0.02\n"
+        "[policy.categories.time_sensitive]\nttl_seconds = 600\nmax_entries = 5000\n"
+        "[policy.categories.legal]\n"
+        'seeds = ["Legal questions about laws", "is it legal to record a call"]\nthreshold = 0.9\n'
+    )
+    config = load_config(str(path))
+    assert config.policy.false_hit_target == 0.02
+    assert config.policy.category("time_sensitive").ttl_seconds == 600
+    assert config.policy.category("legal").seeds[1] == "is it legal to record a call"
+    path.write_text("[policy.categories.code]\neviction = 'fifo'\n")
+    with pytest.raises(ConfigError, match="eviction"):
+        load_config(str(path))
