@@ -33,6 +33,15 @@ def test_minimal_pairs_are_vetoed(query, cached, reason):
         ("Where can I find painters in Brisbane?", "Where can I find a Painter in Brisbane?"),
         ("What are your 3 favorite movies?", "What are your favorite movies?"),  # one side has no number
         ("Why doesn\u2019t PMMA dissolve in water?", "Why does not PMMA dissolve in water?"),
+        # A number added, not changed; a name added, not replaced; a typo; "U.S."; a possessive.
+        ("Sum of the first 20 natural numbers (1 to 20)?", "Sum of the first 20 natural numbers?"),
+        ("Will the Browns go 0-16 in the 2016 NFL season?", "Will the Cleveland Browns go 0-16 in 2016?"),
+        ("How do I upload my profile picture on Qoura?", "How do I upload my profile picture on Quora?"),
+        ("Who are you voting for U.S. President?", "Who are you voting for US President?"),
+        ("What is Bernoullis equation?", "What is Bernoulli's equation?"),
+        # Reordered adjectives, and a negated side that adds a condition.
+        ("How can I get rid of little black bugs?", "How can I get rid of black little bugs?"),
+        ("How do I contact Tim Cook that's not by email?", "How do I contact Tim Cook?"),
     ],
 )
 def test_paraphrases_pass(query, cached):
@@ -52,3 +61,16 @@ def test_guard_runs_inside_the_one_decision(make_cache):
 def test_guards_flag_is_validated():
     with pytest.raises(ValueError):
         CacheConfig(guards="yes")
+
+
+@pytest.mark.parametrize(
+    ("query", "cached", "kind"),
+    [
+        ("What is 10 times 11?", "What is 11 times 11?", "numbers"),  # changed where another repeats
+        ("What is the boiling point of Methanol?", "What is the boiling point of Ethanol?", "entities"),
+        ("What is the capital of Austria?", "What is the capital of Australia?", "entities"),
+        ("Convert Celsius to Fahrenheit", "Convert Fahrenheit to Celsius", "order"),
+    ],
+)
+def test_substitutions_still_vetoed(query, cached, kind):
+    assert veto(query, cached) == kind
