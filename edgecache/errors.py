@@ -23,3 +23,7 @@ class SnapshotError(EdgecacheError):
 
 class EntryNotFoundError(EdgecacheError, KeyError):
     """An entry id that the user's cache does not hold."""
+
+
+class ConflictError(EdgecacheError):
+    """A conditional write lost a race: the stored version changed since it was read."""
