@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tomllib
@@ -34,6 +35,7 @@ def load_config(path: str | None) -> CacheConfig:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .embedder import shared_embedder
     from .load import BackendMonitor
+    from .proxy import ProxySettings, Upstream
     from .registry import CacheRegistry
     from .server import CacheServer
     from .stores import LocalFolderStore
@@ -46,8 +48,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = CacheRegistry(
         LocalFolderStore(store_dir), config, embedder, max_loaded=args.max_users, bodies=bodies, load=load
     )
+    upstream = None
+    if args.upstream_url:
+        settings = ProxySettings(
+            args.upstream_url, os.environ.get("EDGECACHE_UPSTREAM_API_KEY"), args.max_temperature
+        )
+        upstream = Upstream(settings, monitor=load)
     server = CacheServer(
-        registry, args.host, args.port, user_header=args.user_header, flush_seconds=args.flush_seconds
+        registry,
+        args.host,
+        args.port,
+        user_header=args.user_header,
+        flush_seconds=args.flush_seconds,
+        upstream=upstream,
     )
     host, port = server.address
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -149,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--bodies",
         help="folder for response bodies (hybrid layout: only index and metadata in memory and "
         "snapshots; a body is read on a hit). Default: bodies inline in snapshots",
+    )
+    serve.add_argument(
+        "--upstream-url",
+        help="OpenAI-compatible API (e.g. https://api.openai.com/v1) that POST /v1/chat/completions "
+        "forwards misses to; its key is read from EDGECACHE_UPSTREAM_API_KEY",
+    )
+    serve.add_argument(
+        "--max-temperature",
+        type=float,
+        default=0.7,
+        help="chat requests asking for a higher temperature bypass the cache (default 0.7)",
     )
     serve.add_argument(
         "--backend-latency",

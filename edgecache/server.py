@@ -10,19 +10,35 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .errors import EdgecacheError, EntryNotFoundError, InvalidInputError
 from .load import BackendMonitor
+from .proxy import (
+    CACHED_HEADER,
+    Reply,
+    StreamCollector,
+    Upstream,
+    UpstreamError,
+    cache_key,
+    complete_answer,
+    completion,
+    completion_events,
+    namespace,
+)
 from .registry import CacheRegistry
+from .stores import check_user
 
 log = logging.getLogger("edgecache.server")
 
 USER_HEADER = "X-Edgecache-User"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+CHAT_PATH = "/v1/chat/completions"
+JSON_HEADERS = {"Content-Type": "application/json"}
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 class HttpError(Exception):
@@ -46,8 +62,9 @@ def _field(body: dict, name: str, kinds: tuple[type, ...], required: bool = True
 class Service:
     """The routes, independent of the HTTP plumbing (the Lambda handlers reuse it)."""
 
-    def __init__(self, registry: CacheRegistry) -> None:
+    def __init__(self, registry: CacheRegistry, upstream: Upstream | None = None) -> None:
         self.registry = registry
+        self.upstream = upstream
         self.routes: dict[tuple[str, str], Callable[[str, dict], dict]] = {
             ("POST", "/v1/lookup"): self.lookup,
             ("POST", "/v1/insert"): self.insert,
@@ -97,6 +114,71 @@ class Service:
     def stats(self, user: str, body: dict) -> dict:
         with self.registry.use(user) as cache:
             return cache.stats().to_dict()
+
+    def chat(self, user: str, body: dict, cache_control: str = "") -> Reply:
+        """OpenAI-compatible chat completions through the cache (edgecache.proxy)."""
+        if self.upstream is None:
+            raise HttpError(
+                HTTPStatus.NOT_FOUND, "proxy_off", "no upstream configured (serve --upstream-url)"
+            )
+        settings = self.upstream.settings
+        key, bypass = cache_key(body, settings)
+        stream = body.get("stream") is True
+        store = key is not None and "no-store" not in cache_control
+        ns = namespace(check_user(user), key.model, key.system) if key is not None else ""
+        if key is not None and "no-cache" not in cache_control:
+            with self.registry.use(ns) as cache:
+                found = cache.lookup(key.query, context=key.context or None)
+            if found.hit and found.response is not None:
+                headers = {
+                    CACHED_HEADER: "hit",
+                    "X-Edgecache-Entry": str(found.entry_id),
+                    "X-Edgecache-Similarity": f"{found.similarity:.4f}",
+                }
+                if stream:
+                    events = completion_events(
+                        found.response, key.model, found.entry_id, settings.chunk_chars
+                    )
+                    return Reply(200, headers=headers | SSE_HEADERS, stream=events)
+                answer = completion(found.response, key.model, found.entry_id)
+                return Reply(200, json.dumps(answer).encode(), headers | JSON_HEADERS)
+        marker = {CACHED_HEADER: "miss" if key is not None else f"bypass; {bypass}"}
+        try:
+            conn, response, started = self.upstream.send(body)
+        except UpstreamError as exc:
+            raise HttpError(HTTPStatus.BAD_GATEWAY, "upstream_unreachable", str(exc)) from None
+        content_type = response.getheader("Content-Type", "application/json")
+
+        def keep(answer: str | None) -> None:
+            if not (store and answer and key is not None):
+                return
+            try:
+                with self.registry.use(ns, mutate=True) as cache:
+                    cache.insert(key.query, answer, context=key.context or None)
+            except EdgecacheError:
+                log.exception("caching an upstream answer failed; the client got it anyway")
+
+        if stream and response.status == 200 and content_type.startswith("text/event-stream"):
+            collector = StreamCollector(response)
+
+            def relay() -> Iterator[bytes]:
+                try:
+                    yield from collector
+                finally:
+                    conn.close()
+                    self.upstream.record(started, response.status)  # type: ignore[union-attr]
+                keep(collector.answer())
+
+            return Reply(200, headers=marker | SSE_HEADERS, stream=relay())
+        data = response.read()
+        conn.close()
+        self.upstream.record(started, response.status)
+        if response.status == 200:
+            try:
+                keep(complete_answer(json.loads(data)))
+            except ValueError:
+                log.warning("upstream answered 200 with a body that is not JSON; not cached")
+        return Reply(response.status, data, marker | {"Content-Type": content_type})
 
     def backend(self, user: str, body: dict) -> dict:
         """The caller reports one LLM call it made (after a miss): its latency and status.
@@ -171,6 +253,23 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             self.end_headers()
             self.wfile.write(data)
 
+        def _send(self, reply: Reply) -> None:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if reply.stream is None:
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+                return
+            # An event stream ends when the connection does: no length to announce.
+            self.close_connection = True
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for chunk in reply.stream:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+
         def _error(self, status: HTTPStatus, kind: str, message: str) -> None:
             # The body may be unread (or half read); closing keeps its bytes from being
             # parsed as the next request on a kept-alive connection.
@@ -208,6 +307,12 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                 raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body must be a JSON object")
             return body
 
+        def _user(self) -> str:
+            user = self.headers.get(user_header)
+            if not user:
+                raise HttpError(HTTPStatus.UNAUTHORIZED, "unauthenticated", f"missing {user_header} header")
+            return user
+
         def _dispatch(self) -> None:
             path = self.path.split("?", 1)[0]
             try:
@@ -217,22 +322,21 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                     )
                 if path == "/metrics" and self.command == "GET":
                     return self._reply(HTTPStatus.OK, service.metrics_text(), "text/plain; version=0.0.4")
+                if path == CHAT_PATH and self.command == "POST":
+                    return self._send(
+                        service.chat(self._user(), self._body(), self.headers.get("Cache-Control", ""))
+                    )
                 handler = service.routes.get((self.command, path))
                 if handler is None:
                     known = {p for (_, p) in service.routes}
-                    if path in known:
+                    if path in known or path == CHAT_PATH:
                         raise HttpError(
                             HTTPStatus.METHOD_NOT_ALLOWED,
                             "method_not_allowed",
                             f"{self.command} not allowed on {path}",
                         )
                     raise HttpError(HTTPStatus.NOT_FOUND, "not_found", f"no route {path}")
-                user = self.headers.get(user_header)
-                if not user:
-                    raise HttpError(
-                        HTTPStatus.UNAUTHORIZED, "unauthenticated", f"missing {user_header} header"
-                    )
-                self._reply(HTTPStatus.OK, handler(user, self._body()))
+                self._reply(HTTPStatus.OK, handler(self._user(), self._body()))
             except HttpError as exc:
                 self._error(exc.status, exc.kind, exc.message)
             except EntryNotFoundError as exc:
@@ -261,9 +365,10 @@ class CacheServer:
         port: int = 8080,
         user_header: str = USER_HEADER,
         flush_seconds: float = 5.0,
+        upstream: Upstream | None = None,
     ) -> None:
         self.registry = registry
-        self.service = Service(registry)
+        self.service = Service(registry, upstream)
         self.httpd = ThreadingHTTPServer((host, port), make_handler(self.service, user_header))
         self.httpd.daemon_threads = True
         self._stop = threading.Event()
