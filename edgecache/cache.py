@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
+import secrets
 import threading
 import time
 from collections import Counter
@@ -18,12 +20,12 @@ from .config import CacheConfig
 from .decision import Candidate, Reason, first_hit
 from .embedder import Embedder, shared_embedder
 from .encoder import length_batches
-from .errors import EntryNotFoundError, InvalidInputError, SnapshotError
+from .errors import ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .eviction import STRATEGIES
 from .guards import veto
 from .load import LoadSignal
 from .results import CacheStats, Entry, LookupResult
-from .stores import MemoryStore, Store, check_user, user_key
+from .stores import MemoryStore, Store, VersionedStore, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
 from .vectorindex import VectorIndex
 
@@ -36,6 +38,10 @@ def context_text(turns: list[str], keep: int) -> str:
     return "\n".join(turns[-keep:])
 
 
+# Conflicting concurrent saves of one user's cache before giving up; each retry merges
+# and waits a random, growing while so that the writers stop colliding.
+MAX_SAVE_ATTEMPTS = 16
+RETRY_BASE_SECONDS = 0.005
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
 
 
@@ -77,15 +83,25 @@ class SemanticCache:
         self._index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
         self._vector_bytes = self.embedder.dim * {"f32": 4, "f16": 2, "i8": 1}[self.config.dtype]
         self._entries: dict[int, Entry] = {}
-        self._next_id = 1
+        # Changes not yet in the stored snapshot: what a merge with another writer's
+        # snapshot must re-apply (vectors kept exactly, for re-adding to the index).
+        self._pending_add: dict[int, np.ndarray] = {}
+        self._pending_remove: set[int] = set()
+        self._version: str | None = None  # of the stored snapshot this state derives from
         self._counts: dict[str, Counter[str]] = {name: Counter() for name in self.config.policy.names}
         # Entries and bytes held per category, kept current so quota checks cost O(1).
         self._held: dict[str, list[int]] = {name: [0, 0] for name in self.config.policy.names}
         # Bodies of removed entries, deleted from the document store outside the lock.
         self._dead_bodies: list[str] = []
-        existing = self.store.get(self.key)
-        if existing is not None:
-            self.restore(existing)
+        if isinstance(self.store, VersionedStore):
+            found = self.store.get_versioned(self.key)
+            if found is not None:
+                self.restore(found[0])
+                self._version = found[1]
+        else:
+            existing = self.store.get(self.key)
+            if existing is not None:
+                self.restore(existing)
 
     @property
     def key(self) -> str:
@@ -294,8 +310,7 @@ class SemanticCache:
         vectors, ctx_of, _, topics = self._embed(cleaned, turns, batch_size)
         names = self.rules.categorize(topics, categories)
         with self._lock:
-            ids = list(range(self._next_id, self._next_id + n))
-            self._next_id += n
+            ids = self._new_ids(n)
         if self.bodies is not None:
             self._write_bodies(ids, response_texts)
         now = self._clock()
@@ -321,6 +336,7 @@ class SemanticCache:
                     + (len(ctx) * 2 if ctx is not None else 0),
                 )
                 self._add(entry)
+                self._pending_add[entry_id] = vectors[i].copy()
                 self._counts[names[i]]["inserts"] += 1
             for name in dict.fromkeys(names):
                 self._enforce_quota(name, now)
@@ -341,6 +357,16 @@ class SemanticCache:
                 self.bodies.delete(key)
             raise
 
+    def _new_ids(self, n: int) -> list[int]:
+        """Random 52-bit ids (exact in JSON numbers): two writers of one user's cache never
+        hand out the same id, so their snapshots merge without renumbering (lock held)."""
+        ids: list[int] = []
+        while len(ids) < n:
+            candidate = secrets.randbits(52)
+            if candidate and candidate not in self._entries and candidate not in ids:
+                ids.append(candidate)
+        return ids
+
     def _add(self, entry: Entry) -> None:
         self._entries[entry.id] = entry
         held = self._held[entry.category]
@@ -350,6 +376,8 @@ class SemanticCache:
     def _remove(self, entry_id: int, why: str | None = None) -> None:
         entry = self._entries.pop(entry_id)
         self._index.remove(entry_id)
+        if self._pending_add.pop(entry_id, None) is None:
+            self._pending_remove.add(entry_id)
         held = self._held[entry.category]
         held[0] -= 1
         held[1] -= entry.size
@@ -482,23 +510,84 @@ class SemanticCache:
 
     def to_bytes(self) -> bytes:
         with self._lock:
-            return snapshot.encode(
-                {
-                    "fingerprint": self.embedder.fingerprint,
-                    "user_key": self.key,
-                    "next_id": self._next_id,
-                    "bodies_external": self.bodies is not None,
-                    "entries": [e.to_record() for e in self._entries.values()],
-                    "index": self._index.to_bytes(),
-                }
-            )
+            return self._encode()
+
+    def _encode(self) -> bytes:
+        return snapshot.encode(
+            {
+                "fingerprint": self.embedder.fingerprint,
+                "user_key": self.key,
+                "bodies_external": self.bodies is not None,
+                "entries": [e.to_record() for e in self._entries.values()],
+                "index": self._index.to_bytes(),
+            }
+        )
 
     def save(self) -> None:
-        """Write a snapshot to the store (atomically, for stores that support it)."""
-        self.store.put(self.key, self.to_bytes())
+        """Write a snapshot to the store (atomically, for stores that support it).
+
+        With a versioned store (S3, DynamoDB, the local stores) the write is conditional on
+        the version this cache last read or wrote. When another writer (another Lambda
+        container, another worker) saved in between, its snapshot is read and merged: its
+        inserts and deletes are kept, ours are applied on top, and the write is retried.
+        Inserts and deletes are never lost; hit counts and feedback counts made since the
+        last save on entries the other writer also saved may be.
+        """
+        if not isinstance(self.store, VersionedStore):
+            with self._lock:
+                data, added, removed = self._encode(), set(self._pending_add), set(self._pending_remove)
+            self.store.put(self.key, data)
+            self._synced(added, removed, None)
+            return
+        for attempt in range(MAX_SAVE_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, RETRY_BASE_SECONDS * 2 ** min(attempt, 6)))
+            with self._lock:
+                data, added, removed = self._encode(), set(self._pending_add), set(self._pending_remove)
+                expected = self._version
+            try:
+                version = self.store.put_if(self.key, data, expected)
+            except ConflictError:
+                current = self.store.get_versioned(self.key)
+                if current is None:  # deleted meanwhile: ours becomes the first version
+                    with self._lock:
+                        self._version = None
+                else:
+                    self._merge(*current)
+                continue
+            self._synced(added, removed, version)
+            return
+        raise ConflictError(f"could not save {self.key}: {MAX_SAVE_ATTEMPTS} concurrent writes in a row")
+
+    def _synced(self, added: set[int], removed: set[int], version: str | None) -> None:
+        """Forget the changes that the snapshot just written contains."""
+        with self._lock:
+            for entry_id in added:
+                self._pending_add.pop(entry_id, None)
+            self._pending_remove -= removed
+            self._version = version
 
     def restore(self, data: bytes) -> None:
         """Replace the in-memory state with a snapshot; on any error nothing changes."""
+        entries, index = self._decode(data)
+        with self._lock:
+            self._install(entries, index)
+
+    def _merge(self, data: bytes, version: str) -> None:
+        """Adopt another writer's snapshot with this cache's unsaved inserts and deletes on top."""
+        entries, index = self._decode(data)
+        with self._lock:
+            for entry_id in self._pending_remove & entries.keys():
+                del entries[entry_id]
+                index.remove(entry_id)
+            for entry_id, vector in self._pending_add.items():
+                if entry_id in self._entries and entry_id not in entries:
+                    entries[entry_id] = self._entries[entry_id]
+                    index.add(entry_id, vector)
+            self._install(entries, index)
+            self._version = version
+
+    def _decode(self, data: bytes) -> tuple[dict[int, Entry], VectorIndex]:
         payload = snapshot.decode(data, self.embedder.fingerprint)
         if payload.get("user_key") != self.key:
             raise SnapshotError("snapshot belongs to another user")
@@ -511,19 +600,21 @@ class SemanticCache:
             )
         try:
             entries = {r["id"]: Entry.from_record(r) for r in payload["entries"]}
-            next_id = int(payload["next_id"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"snapshot entries are malformed: {exc}") from exc
         index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
         index.load_bytes(payload["index"])
         if len(index) != len(entries):
             raise SnapshotError(f"snapshot index holds {len(index)} vectors for {len(entries)} entries")
-        held = {name: [0, 0] for name in self.config.policy.names}
         for entry in entries.values():
             # Categories the current policy no longer has fall back rather than fail to load.
-            if entry.category not in held:
+            if entry.category not in self._held:
                 entry.category = self.config.policy.fallback
+        return entries, index
+
+    def _install(self, entries: dict[int, Entry], index: VectorIndex) -> None:
+        held = {name: [0, 0] for name in self.config.policy.names}
+        for entry in entries.values():
             held[entry.category][0] += 1
             held[entry.category][1] += entry.size
-        with self._lock:
-            self._index, self._entries, self._next_id, self._held = index, entries, next_id, held
+        self._index, self._entries, self._held = index, entries, held

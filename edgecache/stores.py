@@ -7,6 +7,7 @@ users can never collide on a key.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -15,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .errors import InvalidInputError
+from .errors import ConflictError, InvalidInputError
 
 _KEY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -41,6 +42,23 @@ class Store(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+@runtime_checkable
+class VersionedStore(Store, Protocol):
+    """A store with conditional writes, so concurrent writers of one key lose nothing: a
+    writer reads (data, version), and its write succeeds only if the version is unchanged
+    (else ConflictError, and it merges and retries). S3 ETags and DynamoDB version
+    attributes implement this; so do the local stores below."""
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None: ...
+
+    # expected=None: the key must not exist yet. Returns the new version.
+    def put_if(self, key: str, data: bytes, expected: str | None) -> str: ...
+
+
+def _version_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 def _check_key(key: str) -> str:
     if not _KEY.match(key) or key in {".", ".."}:
         raise InvalidInputError(f"invalid store key {key!r}")
@@ -51,6 +69,19 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}
         self._lock = threading.Lock()
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            data = self._data.get(_check_key(key))
+        return None if data is None else (data, _version_of(data))
+
+    def put_if(self, key: str, data: bytes, expected: str | None) -> str:
+        with self._lock:
+            current = self._data.get(_check_key(key))
+            if (None if current is None else _version_of(current)) != expected:
+                raise ConflictError(f"{key} changed since it was read")
+            self._data[key] = bytes(data)
+        return _version_of(data)
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -101,3 +132,22 @@ class LocalFolderStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        data = self.get(key)
+        return None if data is None else (data, _version_of(data))
+
+    def put_if(self, key: str, data: bytes, expected: str | None) -> str:
+        """Compare and write under an exclusive lock on a per-key lock file, so processes
+        sharing the folder (several `edgecache serve` workers) cannot interleave."""
+        lock_path = self.root / f".{_check_key(key)}.lock"
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = self.get(key)
+                if (None if current is None else _version_of(current)) != expected:
+                    raise ConflictError(f"{key} changed since it was read")
+                self.put(key, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return _version_of(data)

@@ -1,0 +1,90 @@
+"""Several writers of one user's cache (Lambda containers, service workers) lose nothing."""
+
+import threading
+
+import pytest
+
+from edgecache import LocalFolderStore, MemoryStore, SemanticCache
+from edgecache.errors import ConflictError
+
+
+def writer(store, embedder, clock, config, bodies=None):
+    return SemanticCache(
+        "shared-user", store=store, config=config, embedder=embedder, clock=clock, bodies=bodies
+    )
+
+
+def test_versioned_stores_refuse_stale_writes(tmp_path):
+    for store in (MemoryStore(), LocalFolderStore(tmp_path)):
+        first = store.put_if("k", b"one", None)
+        with pytest.raises(ConflictError):
+            store.put_if("k", b"two", None)  # must not exist yet
+        second = store.put_if("k", b"two", first)
+        with pytest.raises(ConflictError):
+            store.put_if("k", b"three", first)  # stale version
+        assert store.get_versioned("k") == (b"two", second)
+
+
+def test_concurrent_inserts_and_deletes_merge(embedder, clock, config):
+    store = MemoryStore()
+    a = writer(store, embedder, clock, config)
+    keep = a.insert("what is the capital of peru", "Lima")
+    gone = a.insert("what is the capital of chile", "Santiago")
+    a.save()
+    b = writer(store, embedder, clock, config)  # loads keep + gone
+    a.delete(gone)
+    added_by_a = a.insert("how tall is mount everest", "8849 m")
+    a.save()
+    added_by_b = b.insert("who painted the mona lisa", "Leonardo")
+    b.save()  # conflicts with a's save, merges, retries
+    for cache in (b, writer(store, embedder, clock, config)):
+        assert set(cache._entries) == {keep, added_by_a, added_by_b}
+        assert cache.lookup("who painted the mona lisa").entry_id == added_by_b
+        assert cache.lookup("how tall is mount everest").entry_id == added_by_a
+        assert not cache.lookup("what is the capital of chile").hit
+    b.delete(keep)
+    a.insert("what is the speed of light", "c")
+    a.save()
+    b.save()
+    final = writer(store, embedder, clock, config)
+    assert keep not in final._entries and len(final) == 3
+
+
+@pytest.mark.parametrize("kind", ["memory", "folder"])
+def test_many_threads_many_writers_lose_no_insert(tmp_path, embedder, clock, config, kind):
+    shared = MemoryStore() if kind == "memory" else None
+    errors = []
+
+    def work(i: int) -> None:
+        try:
+            # Each writer is its own cache instance, as in separate containers.
+            store = shared if shared is not None else LocalFolderStore(tmp_path)
+            cache = writer(store, embedder, clock, config)
+            for j in range(10):
+                cache.insert(f"writer {i} question number {j} about topic {i * 100 + j}", f"{i}/{j}")
+                cache.save()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    final = writer(shared if shared is not None else LocalFolderStore(tmp_path), embedder, clock, config)
+    assert len(final) == 80
+    assert final.lookup("writer 3 question number 7 about topic 307").response == "3/7"
+
+
+def test_merge_keeps_hybrid_bodies_readable(embedder, clock, config):
+    store, bodies = MemoryStore(), MemoryStore()
+    a = writer(store, embedder, clock, config, bodies)
+    b = writer(store, embedder, clock, config, bodies)
+    a.insert("first question here", "first body")
+    b.insert("second question here", "second body")
+    a.save()
+    b.save()
+    fresh = writer(store, embedder, clock, config, bodies)
+    assert fresh.lookup("first question here").response == "first body"
+    assert fresh.lookup("second question here").response == "second body"
