@@ -311,14 +311,20 @@ class SemanticCache:
         names = self.rules.categorize(topics, categories)
         with self._lock:
             ids = self._new_ids(n)
-        if self.bodies is not None:
-            self._write_bodies(ids, response_texts)
         now = self._clock()
+        ttls = [self.rules.ttl(name, ttl_seconds) for name in names]
+        if self.bodies is not None:
+            # A body must outlive its entry's longest possible life (TTL stretched under load).
+            keep = [
+                now + t * self.rules.max_ttl_factor(name) if t else None
+                for t, name in zip(ttls, names, strict=True)
+            ]
+            self._write_bodies(ids, response_texts, keep)
         with self._lock:
             self._index.add(np.asarray(ids, dtype=np.uint64), vectors)
             for i, entry_id in enumerate(ids):
                 ctx = ctx_of.get(i)
-                ttl = self.rules.ttl(names[i], ttl_seconds)
+                ttl = ttls[i]
                 entry = Entry(
                     id=entry_id,
                     query=cleaned[i].original,
@@ -344,13 +350,13 @@ class SemanticCache:
         self._drop_bodies()
         return ids
 
-    def _write_bodies(self, ids: list[int], texts: list[str]) -> None:
+    def _write_bodies(self, ids: list[int], texts: list[str], expires: list[float | None]) -> None:
         assert self.bodies is not None
         written: list[str] = []
         try:
-            for entry_id, text in zip(ids, texts, strict=True):
+            for entry_id, text, expires_at in zip(ids, texts, expires, strict=True):
                 key = self._body_key(entry_id)
-                self.bodies.put(key, text.encode("utf-8", "surrogatepass"))
+                self.bodies.put(key, text.encode("utf-8", "surrogatepass"), expires_at=expires_at)
                 written.append(key)
         except BaseException:
             for key in written:

@@ -140,6 +140,9 @@ class CategoryRules:
         if self.calibrator is not None:
             self.calibrator.count_lookups(category, served_at=threshold)
 
+    def max_ttl_factor(self, category: str) -> float:
+        return self._by_name[category].max_ttl_factor
+
     def observe(self, entry: Entry, correct: bool) -> None:
         """Feedback on the last standalone hit of an entry moves the threshold of the
         category it was served under (when a false-hit target is set)."""

@@ -59,6 +59,36 @@ def _field(body: dict, name: str, kinds: tuple[type, ...], required: bool = True
     return value
 
 
+def json_body(raw: bytes) -> dict:
+    """A request body as a JSON object, or a 400 that says what is wrong with it."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body must be a JSON object")
+    return body
+
+
+def error_response(exc: Exception) -> tuple[HTTPStatus, str, str]:
+    """The one mapping from an exception to (status, error type, message). Unexpected errors
+    are logged with their traceback here and answered without one."""
+    if isinstance(exc, HttpError):
+        return exc.status, exc.kind, exc.message
+    if isinstance(exc, EntryNotFoundError):
+        return HTTPStatus.NOT_FOUND, "not_found", str(exc.args[0])
+    if isinstance(exc, InvalidInputError):
+        return HTTPStatus.BAD_REQUEST, "invalid_request", str(exc)
+    log.error("request failed", exc_info=exc)
+    if isinstance(exc, EdgecacheError):
+        return HTTPStatus.INTERNAL_SERVER_ERROR, type(exc).__name__, str(exc)
+    return HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "internal error"
+
+
 class Service:
     """The routes, independent of the HTTP plumbing (the Lambda handlers reuse it)."""
 
@@ -293,19 +323,7 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             raw = self.rfile.read(size)
             if not raw and self.command == "GET":
                 return {}
-            try:
-                body = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise HttpError(
-                    HTTPStatus.BAD_REQUEST, "invalid_request", "body is not valid UTF-8"
-                ) from None
-            except json.JSONDecodeError as exc:
-                raise HttpError(
-                    HTTPStatus.BAD_REQUEST, "invalid_request", f"body is not JSON: {exc}"
-                ) from None
-            if not isinstance(body, dict):
-                raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body must be a JSON object")
-            return body
+            return json_body(raw)
 
         def _user(self) -> str:
             user = self.headers.get(user_header)
@@ -337,18 +355,8 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                         )
                     raise HttpError(HTTPStatus.NOT_FOUND, "not_found", f"no route {path}")
                 self._reply(HTTPStatus.OK, handler(self._user(), self._body()))
-            except HttpError as exc:
-                self._error(exc.status, exc.kind, exc.message)
-            except EntryNotFoundError as exc:
-                self._error(HTTPStatus.NOT_FOUND, "not_found", str(exc.args[0]))
-            except InvalidInputError as exc:
-                self._error(HTTPStatus.BAD_REQUEST, "invalid_request", str(exc))
-            except EdgecacheError as exc:
-                log.exception("request failed")
-                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, type(exc).__name__, str(exc))
-            except Exception:
-                log.exception("request failed")
-                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "internal error")
+            except Exception as exc:
+                self._error(*error_response(exc))
 
         do_GET = do_POST = do_PUT = do_DELETE = _dispatch
 

@@ -37,7 +37,9 @@ def check_user(user: object) -> str:
 class Store(Protocol):
     def get(self, key: str) -> bytes | None: ...
 
-    def put(self, key: str, data: bytes) -> None: ...
+    # `expires_at` (epoch seconds) is a hint: a store that can expire data by itself
+    # (DynamoDB TTL) does, so orphaned bodies do not live forever; others may ignore it.
+    def put(self, key: str, data: bytes, expires_at: float | None = None) -> None: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -87,7 +89,7 @@ class MemoryStore:
         with self._lock:
             return self._data.get(_check_key(key))
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, expires_at: float | None = None) -> None:
         with self._lock:
             self._data[_check_key(key)] = bytes(data)
 
@@ -112,7 +114,7 @@ class LocalFolderStore:
         except FileNotFoundError:
             return None
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, expires_at: float | None = None) -> None:
         target = self._path(key)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
         try:

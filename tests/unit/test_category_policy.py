@@ -18,9 +18,9 @@ class CountingStore(MemoryStore):
         self.reads += 1
         return super().get(key)
 
-    def put(self, key, data):
+    def put(self, key, data, expires_at=None):
         self.writes += 1
-        super().put(key, data)
+        super().put(key, data, expires_at)
 
     def delete(self, key):
         self.deletes += 1
@@ -209,10 +209,10 @@ def test_hybrid_bodies_of_users_never_mix(embedder, clock, config):
 
 def test_failed_body_write_stores_nothing(embedder, clock, config):
     class Broken(MemoryStore):
-        def put(self, key, data):
+        def put(self, key, data, expires_at=None):
             if data == b"2":
                 raise OSError("disk full")
-            super().put(key, data)
+            super().put(key, data, expires_at)
 
     bodies = Broken()
     cache = SemanticCache("carol", config=config, embedder=embedder, clock=clock, bodies=bodies)
@@ -292,3 +292,20 @@ def test_registry_shares_and_persists_feedback_statistics(tmp_path, embedder, cl
     store.put(CALIBRATION_KEY, b"garbage")
     fresh = CacheRegistry(store, cfg, embedder, clock=clock)
     assert fresh.calibrator.keys() == [] and store.get(f"{CALIBRATION_KEY}.bad") == b"garbage"
+
+
+def test_bodies_expire_no_earlier_than_their_entry_could_be_served(embedder, clock, config):
+    seen = {}
+
+    class Recording(MemoryStore):
+        def put(self, key, data, expires_at=None):
+            seen[data] = expires_at
+            super().put(key, data, expires_at)
+
+    cache = SemanticCache("fay", config=config, embedder=embedder, clock=clock, bodies=Recording())
+    cache.insert("weather in lima today", "warm", category="time_sensitive")  # 15 min, up to 2x under load
+    cache.insert("who wrote hamlet", "Shakespeare", category="stable_fact", ttl_seconds=100)
+    cache.insert("some other question", "forever", category="other")  # no TTL
+    assert seen[b"warm"] == clock.now + 2 * 15 * 60
+    assert seen[b"Shakespeare"] == clock.now + 2 * 100
+    assert seen[b"forever"] is None
