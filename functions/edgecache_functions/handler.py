@@ -10,11 +10,14 @@ cold one loads a user's snapshot from S3 on first use. Changes are written back 
 handler returns (a frozen container may never run again), with conditional writes that
 merge concurrent invocations' inserts.
 
-Configuration (environment): EDGECACHE_BUCKET (snapshots), EDGECACHE_PREFIX (default
-"edgecache/"), EDGECACHE_TABLE (response bodies; unset: bodies inline in snapshots),
-EDGECACHE_CONFIG (CacheConfig as JSON), EDGECACHE_MAX_USERS (caches kept warm, default 64),
-EDGECACHE_UPSTREAM_URL + EDGECACHE_UPSTREAM_SECRET_ARN or EDGECACHE_UPSTREAM_API_KEY (the
-chat-completions proxy), EDGECACHE_LOG_QUERIES=1 to log query text (off by default).
+Configuration (environment):
+- EDGECACHE_BUCKET (snapshots), EDGECACHE_PREFIX (default "edgecache/"),
+  EDGECACHE_S3_SSE (AES256 or aws:kms), EDGECACHE_S3_KMS_KEY_ID;
+- EDGECACHE_TABLE (response bodies; unset: bodies inline in snapshots);
+- EDGECACHE_CONFIG (CacheConfig as JSON), EDGECACHE_MAX_USERS (caches kept warm, default 64);
+- EDGECACHE_UPSTREAM_URL with EDGECACHE_UPSTREAM_SECRET_ARN or EDGECACHE_UPSTREAM_API_KEY
+  (the chat-completions proxy);
+- EDGECACHE_LOG_QUERIES=1 logs request bodies (off by default: no query text in logs).
 """
 
 from __future__ import annotations
@@ -193,7 +196,12 @@ def service_from_environment(env: Mapping[str, str] = os.environ) -> Service:
         if env.get("EDGECACHE_CONFIG")
         else CacheConfig()
     )
-    store = S3Store(env["EDGECACHE_BUCKET"], prefix=env.get("EDGECACHE_PREFIX", "edgecache/"))
+    store = S3Store(
+        env["EDGECACHE_BUCKET"],
+        prefix=env.get("EDGECACHE_PREFIX", "edgecache/"),
+        sse=env.get("EDGECACHE_S3_SSE", "AES256"),
+        kms_key_id=env.get("EDGECACHE_S3_KMS_KEY_ID") or None,
+    )
     bodies = DynamoDocumentStore(env["EDGECACHE_TABLE"]) if env.get("EDGECACHE_TABLE") else None
     monitor = BackendMonitor()
     registry = CacheRegistry(
