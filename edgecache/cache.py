@@ -88,6 +88,7 @@ class SemanticCache:
         self._pending_add: dict[int, np.ndarray] = {}
         self._pending_remove: set[int] = set()
         self._version: str | None = None  # of the stored snapshot this state derives from
+        self.synced_at = time.monotonic()  # last read or write of the store
         self._counts: dict[str, Counter[str]] = {name: Counter() for name in self.config.policy.names}
         # Entries and bytes held per category, kept current so quota checks cost O(1).
         self._held: dict[str, list[int]] = {name: [0, 0] for name in self.config.policy.names}
@@ -572,6 +573,19 @@ class SemanticCache:
                 self._pending_add.pop(entry_id, None)
             self._pending_remove -= removed
             self._version = version
+            self.synced_at = time.monotonic()
+
+    def refresh(self) -> bool:
+        """Take in what other writers saved since this cache last read or wrote the store
+        (keeping this cache's unsaved changes). Returns whether anything was taken in."""
+        self.synced_at = time.monotonic()
+        if not isinstance(self.store, VersionedStore):
+            return False
+        current = self.store.get_versioned(self.key)
+        if current is None or current[1] == self._version:
+            return False
+        self._merge(*current)
+        return True
 
     def restore(self, data: bytes) -> None:
         """Replace the in-memory state with a snapshot; on any error nothing changes."""

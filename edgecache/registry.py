@@ -37,11 +37,16 @@ class CacheRegistry:
         *,
         bodies: Store | None = None,
         load: LoadSignal | None = None,
+        refresh_seconds: float | None = None,
     ) -> None:
         self.store, self.config, self.embedder = store, config, embedder
         # Shared by every user's cache: one backend, one document store, and one set of
         # feedback statistics (every user's feedback tightens the category thresholds).
         self.bodies, self.load = bodies, load
+        # Several processes serving the same users (Lambda containers, service workers):
+        # a cache older than this re-reads the store before use, so one container's
+        # inserts hit in the others. None: this process is the only writer.
+        self.refresh_seconds = refresh_seconds
         self.calibrator = self._load_calibrator() if config.policy.false_hit_target is not None else None
         self.max_loaded = max_loaded
         self._clock = clock
@@ -75,7 +80,14 @@ class CacheRegistry:
             if cache is not None:
                 self._caches.move_to_end(user)
                 self._pins[user] = self._pins.get(user, 0) + 1
-                return cache
+        if cache is not None:
+            stale = (
+                self.refresh_seconds is not None
+                and time.monotonic() - cache.synced_at >= self.refresh_seconds
+            )
+            if stale:
+                cache.refresh()
+            return cache
         # Loading reads a snapshot: do it outside the registry lock.
         loaded = SemanticCache(
             user,

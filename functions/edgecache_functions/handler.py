@@ -14,7 +14,9 @@ Configuration (environment):
 - EDGECACHE_BUCKET (snapshots), EDGECACHE_PREFIX (default "edgecache/"),
   EDGECACHE_S3_SSE (AES256 or aws:kms), EDGECACHE_S3_KMS_KEY_ID;
 - EDGECACHE_TABLE (response bodies; unset: bodies inline in snapshots);
-- EDGECACHE_CONFIG (CacheConfig as JSON), EDGECACHE_MAX_USERS (caches kept warm, default 64);
+- EDGECACHE_CONFIG (CacheConfig as JSON), EDGECACHE_MAX_USERS (caches kept warm, default 64),
+  EDGECACHE_REFRESH_SECONDS (a warm cache older than this re-reads S3 for other containers'
+  inserts, default 5);
 - EDGECACHE_UPSTREAM_URL with EDGECACHE_UPSTREAM_SECRET_ARN or EDGECACHE_UPSTREAM_API_KEY
   (the chat-completions proxy);
 - EDGECACHE_LOG_QUERIES=1 logs request bodies (off by default: no query text in logs).
@@ -211,6 +213,7 @@ def service_from_environment(env: Mapping[str, str] = os.environ) -> Service:
         max_loaded=int(env.get("EDGECACHE_MAX_USERS", "64")),
         bodies=bodies,
         load=monitor,
+        refresh_seconds=float(env.get("EDGECACHE_REFRESH_SECONDS", "5")),
     )
     upstream = None
     if env.get("EDGECACHE_UPSTREAM_URL"):

@@ -48,10 +48,35 @@ class RuntimeAPI:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _client_gone(self) -> bool:
+                self.connection.setblocking(False)
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except BlockingIOError:
+                    return False
+                except OSError:
+                    return True
+                finally:
+                    self.connection.setblocking(True)
+
             def do_GET(self) -> None:
                 if self.path != f"{PREFIX}/invocation/next":
                     return self._send(404)
-                request_id, event = api.events.get()
+                # Hand an event only to a client that is still there: a killed container's
+                # long poll must not swallow the next invocation.
+                while True:
+                    try:
+                        request_id, event = api.events.get(timeout=0.2)
+                    except queue.Empty:
+                        if self._client_gone():
+                            self.close_connection = True
+                            return
+                        continue
+                    if not self._client_gone():
+                        break
+                    api.events.put((request_id, event))  # for a live client
+                    self.close_connection = True
+                    return
                 self._send(
                     200,
                     json.dumps(event).encode(),

@@ -88,3 +88,31 @@ def test_merge_keeps_hybrid_bodies_readable(embedder, clock, config):
     fresh = writer(store, embedder, clock, config, bodies)
     assert fresh.lookup("first question here").response == "first body"
     assert fresh.lookup("second question here").response == "second body"
+
+
+def test_refresh_takes_in_other_writers_inserts(embedder, clock, config):
+    store = MemoryStore()
+    a = writer(store, embedder, clock, config)
+    b = writer(store, embedder, clock, config)
+    a.insert("what is the capital of peru", "Lima")
+    a.save()
+    assert not b.lookup("what is the capital of peru").hit  # b has not looked since
+    mine = b.insert("who painted the mona lisa", "Leonardo")  # unsaved: survives the refresh
+    assert b.refresh() and not b.refresh()
+    assert b.lookup("what is the capital of peru").response == "Lima"
+    assert b.lookup("who painted the mona lisa").entry_id == mine
+
+
+def test_registry_refreshes_caches_older_than_its_interval(embedder, clock, config):
+    from edgecache.registry import CacheRegistry
+
+    store = MemoryStore()
+    other = CacheRegistry(store, config, embedder, clock=clock)
+    mine = CacheRegistry(store, config, embedder, clock=clock, refresh_seconds=0)
+    with mine.use("u") as cache:
+        assert not cache.lookup("what is the capital of peru").hit
+    with other.use("u", mutate=True) as cache:
+        cache.insert("what is the capital of peru", "Lima")
+    other.flush()
+    with mine.use("u") as cache:
+        assert cache.lookup("what is the capital of peru").hit
