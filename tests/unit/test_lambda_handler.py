@@ -136,3 +136,34 @@ def test_internal_errors_have_no_stack_trace(embedder, config):
         "type": "internal",
         "message": "internal error",
     }
+
+
+def test_chat_completions_through_the_handler(embedder, config):
+    from http.server import ThreadingHTTPServer
+    from threading import Thread
+
+    from edgecache.proxy import ProxySettings, Upstream
+    from tests.unit.test_proxy import FakeOpenAI
+
+    FakeOpenAI.calls = []
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    Thread(target=upstream.serve_forever, daemon=True).start()
+    host, port = upstream.server_address[:2]
+    settings = ProxySettings(f"http://{host}:{port}/v1", api_key="sk-test")
+    store = MemoryStore()
+    handle = make_handler(
+        lambda: Service(CacheRegistry(store, config, embedder), Upstream(settings)), log=lambda _: None
+    )
+    try:
+        body = {"model": "m", "messages": [{"role": "user", "content": "what is a semantic cache"}]}
+        miss = handle(event("/v1/chat/completions", body), None)
+        assert miss["statusCode"] == 200 and miss["headers"]["X-Edgecache"] == "miss"
+        assert store._data  # the answer was cached and saved before returning
+        hit = handle(event("/v1/chat/completions", {**body, "stream": True}), None)
+        assert (
+            hit["headers"]["X-Edgecache"] == "hit" and hit["headers"]["content-type"] == "text/event-stream"
+        )
+        assert hit["body"].endswith("data: [DONE]\n\n") and len(FakeOpenAI.calls) == 1
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
