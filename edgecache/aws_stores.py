@@ -191,6 +191,19 @@ _PREFIX = re.compile(r"^[A-Za-z0-9._/-]{0,512}$")
 _SSE = ("AES256", "aws:kms")
 
 
+def _require_conditional_writes() -> None:
+    """S3 conditional writes (PutObject IfMatch / IfNoneMatch) arrived in botocore 1.36. An
+    older copy (an old Lambda runtime's) would send unconditional writes: refuse instead."""
+    import botocore
+
+    version = tuple(int(x) for x in re.findall(r"\d+", botocore.__version__)[:2])
+    if version < (1, 36):
+        raise ConfigError(
+            f"S3Store needs botocore >= 1.36 for conditional writes, found {botocore.__version__}; "
+            "bundle boto3>=1.36 with the function"
+        )
+
+
 class S3Store:
     """Snapshots as S3 objects at `prefix + key`, encrypted at rest on every write.
 
@@ -222,6 +235,7 @@ class S3Store:
             raise ConfigError(f"sse must be one of {_SSE}, got {sse!r}")
         if kms_key_id is not None and sse != "aws:kms":
             raise ConfigError("kms_key_id needs sse='aws:kms'")
+        _require_conditional_writes()
         self.bucket, self.prefix = bucket, prefix
         self.client = client if client is not None else make_client("s3")
         self._sse: dict[str, Any] = {"ServerSideEncryption": sse}

@@ -20,9 +20,12 @@ def _progress(total: int, desc: str):
 
 
 def encode_cached(
-    encoder: Encoder, texts: list[str], batch_size: int = 64, desc: str = "encoding"
+    encoder: Encoder, texts: list[str], batch_size: int = 64, desc: str = "encoding", progress: bool = True
 ) -> np.ndarray:
-    """Encoder vectors for `texts` (n, dim), read from EDGECACHE_HOME/embeddings when present."""
+    """Encoder vectors for `texts` (n, dim), read from EDGECACHE_HOME/embeddings when present.
+
+    Saving is best effort: on a read-only home (a Lambda layer under /opt) the vectors are
+    still returned, just not kept."""
     digest = hashlib.sha256(encoder.fingerprint.encode())
     for t in texts:
         digest.update(t.encode("utf-8", "surrogatepass") + b"\x00")
@@ -30,15 +33,18 @@ def encode_cached(
     if path.is_file():
         return np.load(path)
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
-    bar = _progress(len(texts), desc)
+    bar = _progress(len(texts), desc) if progress else None
     for idx in length_batches(texts, batch_size):
         out[idx] = encoder.encode_detailed([texts[i] for i in idx]).vectors
         if bar is not None:
             bar.update(len(idx))
     if bar is not None:
         bar.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, out)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
     return out
