@@ -168,7 +168,7 @@ def update_versioned(
         except ConflictError:
             if attempts == 0:
                 raise
-            time.sleep(random.uniform(0.0, min(max_delay, base_delay * 2**lost)))
+            time.sleep(_JITTER.uniform(0.0, min(max_delay, base_delay * 2**lost)))
             lost += 1
 
 
@@ -188,6 +188,8 @@ def _check_token(expected: object) -> str | None:
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._/-]{0,512}$")
+# OS randomness: processes restored from one SnapStart snapshot must not retry in lockstep.
+_JITTER = random.SystemRandom()
 _SSE = ("AES256", "aws:kms")
 
 

@@ -42,6 +42,9 @@ def context_text(turns: list[str], keep: int) -> str:
 # and waits a random, growing while so that the writers stop colliding.
 MAX_SAVE_ATTEMPTS = 16
 RETRY_BASE_SECONDS = 0.005
+# From the OS: processes restored from one snapshot (Lambda SnapStart) must not share a
+# pseudo-random sequence, or their retries would collide in lockstep.
+_JITTER = random.SystemRandom()
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
 
 
@@ -548,7 +551,7 @@ class SemanticCache:
             return
         for attempt in range(MAX_SAVE_ATTEMPTS):
             if attempt:
-                time.sleep(random.uniform(0, RETRY_BASE_SECONDS * 2 ** min(attempt, 6)))
+                time.sleep(_JITTER.uniform(0, RETRY_BASE_SECONDS * 2 ** min(attempt, 6)))
             with self._lock:
                 data, added, removed = self._encode(), set(self._pending_add), set(self._pending_remove)
                 expected = self._version

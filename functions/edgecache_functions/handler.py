@@ -19,7 +19,8 @@ Configuration (environment):
   inserts, default 5);
 - EDGECACHE_UPSTREAM_URL with EDGECACHE_UPSTREAM_SECRET_ARN or EDGECACHE_UPSTREAM_API_KEY
   (the chat-completions proxy);
-- EDGECACHE_LOG_QUERIES=1 logs request bodies (off by default: no query text in logs).
+- EDGECACHE_LOG_QUERIES=1 logs request bodies (off by default: no query text in logs);
+- EDGECACHE_EAGER_INIT=1 builds everything during Lambda's init phase (and SnapStart's snapshot).
 """
 
 from __future__ import annotations
@@ -94,9 +95,18 @@ def _reply(reply: Reply) -> dict:
     return _response(reply.status, body, reply.headers.get("Content-Type", "application/json"), headers)
 
 
-def make_handler(service_factory: Callable[[], Service], log: Callable[[str], None] | None = None) -> Handler:
-    """A handler over a lazily built Service (built on the first event, kept while warm)."""
+def make_handler(
+    service_factory: Callable[[], Service], log: Callable[[str], None] | None = None, eager: bool = False
+) -> Handler:
+    """A handler over a Service built on the first event (or now, with `eager`), kept while warm.
+
+    Eager: Lambda's init phase runs before the first event (with a full CPU even on small
+    functions), and SnapStart snapshots the process after it, so the model, the classifier
+    and the AWS clients are then ready when the first request arrives."""
     state: dict[str, Service] = {}
+    if eager:
+        state["service"] = service_factory()
+        warm_up(state["service"])
     emit = log or (lambda line: print(line, file=sys.stdout, flush=True))
     log_queries = os.environ.get("EDGECACHE_LOG_QUERIES") == "1"
 
@@ -186,6 +196,20 @@ def metrics_line(route: str, status: int, latency_ms: float, user: str | None, h
     return json.dumps(record)
 
 
+def warm_up(service: Service) -> None:
+    """Do the first-request work ahead: the classifier's seeds, the encoder's first run and
+    the AWS clients' lazy setup (botocore loads its service models on first use)."""
+    from edgecache.cache import SemanticCache
+
+    registry = service.registry
+    probe = SemanticCache("warm-up", config=registry.config, embedder=registry.embedder)
+    probe.lookup("warming up the encoder")
+    for store in (registry.store, registry.bodies):
+        client = getattr(store, "client", None)
+        if client is not None:
+            client.meta.service_model.operation_names  # noqa: B018 - forces botocore's lazy load
+
+
 def service_from_environment(env: Mapping[str, str] = os.environ) -> Service:
     """The production wiring: S3 snapshots, DynamoDB bodies, the packaged encoder."""
     from edgecache.aws_stores import DynamoDocumentStore, S3Store
@@ -230,4 +254,4 @@ def _upstream_key(env: Mapping[str, str]) -> str | None:
     return make_client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
 
 
-handle = make_handler(service_from_environment)
+handle = make_handler(service_from_environment, eager=os.environ.get("EDGECACHE_EAGER_INIT") == "1")

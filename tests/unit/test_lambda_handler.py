@@ -167,3 +167,16 @@ def test_chat_completions_through_the_handler(embedder, config):
     finally:
         upstream.shutdown()
         upstream.server_close()
+
+
+def test_eager_handler_builds_and_warms_during_init(embedder, config):
+    built = []
+
+    def factory():
+        built.append(1)
+        return Service(CacheRegistry(MemoryStore(), config, embedder))
+
+    handle = make_handler(factory, log=lambda _: None, eager=True)
+    assert built == [1]  # before any event
+    assert handle(event("/v1/lookup", {"query": "anything"}), None)["statusCode"] == 200
+    assert built == [1]
