@@ -38,7 +38,7 @@ resource "aws_apigatewayv2_integration" "function" {
   api_id                 = aws_apigatewayv2_api.this.id
   integration_type       = "AWS_PROXY"
   integration_method     = "POST"
-  integration_uri        = aws_lambda_function.api.invoke_arn
+  integration_uri        = var.snap_start ? aws_lambda_function.api.qualified_invoke_arn : aws_lambda_function.api.invoke_arn
   payload_format_version = "2.0"
   timeout_milliseconds   = 30000
 }
@@ -101,6 +101,7 @@ resource "aws_lambda_permission" "api" {
   statement_id  = "AllowHttpApi-${substr(sha256(each.value), 0, 16)}"
   action        = "lambda:InvokeFunction"
   function_name = aws_lambda_function.api.function_name
+  qualifier     = var.snap_start ? aws_lambda_function.api.version : null
   principal     = "apigateway.amazonaws.com"
   source_arn    = "${aws_apigatewayv2_api.this.execution_arn}/*/${split(" ", each.value)[0]}${split(" ", each.value)[1]}"
 }

@@ -34,6 +34,16 @@ resource "aws_lambda_function" "api" {
 
   reserved_concurrent_executions = var.reserved_concurrency
 
+  # SnapStart snapshots published versions only; API Gateway invokes that version.
+  publish = var.snap_start
+
+  dynamic "snap_start" {
+    for_each = var.snap_start ? [1] : []
+    content {
+      apply_on = "PublishedVersions"
+    }
+  }
+
   environment {
     variables = local.environment
   }

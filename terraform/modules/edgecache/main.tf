@@ -15,6 +15,8 @@ locals {
   environment = merge(
     {
       EDGECACHE_HOME = "/opt/edgecache-home" # where functions/build_layer.py puts the encoder
+      # Load the encoder, classifier and AWS clients in Lambda's init phase (SnapStart's snapshot).
+      EDGECACHE_EAGER_INIT = "1"
     },
     var.extra_environment,
     {

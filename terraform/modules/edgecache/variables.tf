@@ -101,6 +101,12 @@ variable "tracing_enabled" {
   default     = true
 }
 
+variable "snap_start" {
+  description = "Lambda SnapStart for published versions: init (encoder, classifier, AWS clients, with EDGECACHE_EAGER_INIT=1) runs once at publish time and new containers resume from its snapshot. API Gateway then invokes the published version."
+  type        = bool
+  default     = true
+}
+
 variable "extra_environment" {
   description = "More environment variables for the function, e.g. EDGECACHE_CONFIG (CacheConfig as JSON), EDGECACHE_MAX_USERS, or EDGECACHE_HOME (default /opt/edgecache-home, the layer built by functions/build_layer.py). The module's storage and upstream settings win over these."
   type        = map(string)
