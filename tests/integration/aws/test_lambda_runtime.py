@@ -136,3 +136,18 @@ def test_concurrent_containers_lose_no_insert(runtime, aws):
         assert stats["entries"] == 24
     finally:
         stop(fresh)
+
+
+def test_upstream_key_comes_from_secrets_manager(aws, monkeypatch):
+    from edgecache.aws_stores import make_client
+    from edgecache_functions.handler import _upstream_key
+
+    secrets = make_client("secretsmanager", endpoint_url=aws.endpoint)
+    arn = secrets.create_secret(Name=f"edgecache-{uuid.uuid4().hex[:8]}", SecretString="sk-from-secrets")[
+        "ARN"
+    ]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    assert _upstream_key({"EDGECACHE_UPSTREAM_SECRET_ARN": arn, "EDGECACHE_UPSTREAM_API_KEY": "ignored"}) == (
+        "sk-from-secrets"
+    )
+    assert _upstream_key({"EDGECACHE_UPSTREAM_API_KEY": "sk-env"}) == "sk-env"
