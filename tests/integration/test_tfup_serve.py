@@ -1,0 +1,329 @@
+"""TFUPClassifier (edgecache.adapters.serve) on a real local Ray Serve, over HTTP on 127.0.0.1.
+
+The adapter: the 10 CLINC150 domains as classes (prompts from their names, as in
+benchmarks/tfup_text.py), fitted on 300 unlabeled CLINC val queries with the built encoder's raw
+384-d vectors. The served answers must equal the adapter's own predictions in this process.
+The first tests use a fake backend and need neither Ray nor the encoder.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecache.adapters import TFUPAdapter, TFUPConfig, ensemble_prompts
+from edgecache.adapters.serve import RequestError, ServeConfig, TFUPService, parse_request
+from edgecache.adapters.tfup import AdapterFileError
+
+pytestmark = pytest.mark.integration
+
+TEMPLATES = ("{}", "a question about {}", "a request about {}", "help me with {}", "I want to ask about {}")
+
+
+# ---------------------------------------------------------------- no Ray: a fake backend
+
+
+class FakeBackend:
+    name, dim, fingerprint, modalities = "fake", 8, "fake-fp", frozenset({"text"})
+
+    def embed(self, items):
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in items]
+        return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.fixture
+def fake_adapter(tmp_path):
+    rng = np.random.default_rng(0)
+    w, x = rng.normal(size=(3, 8)), rng.normal(size=(60, 8))
+    path = tmp_path / "fake.tfup"
+    TFUPAdapter.fit(w, x, TFUPConfig(shots=4), "fake-fp", ["a", "b", "c"]).save(path)
+    return path
+
+
+def test_parse_request_errors():
+    cfg = ServeConfig(adapter_path="x", max_texts=3, max_text_chars=10, max_body_bytes=200)
+    text = frozenset({"text"})
+
+    def err(body, ctype="application/json", query=None):
+        with pytest.raises(RequestError) as info:
+            parse_request(body, ctype, cfg, 4, text, query)
+        return info.value.status, info.value.code
+
+    assert parse_request(b'{"text": "hi"}', "application/json", cfg, 4, text) == (["hi"], 4)
+    assert parse_request(b'{"texts": ["a", "b"], "top_k": 2}', "", cfg, 4, text) == (["a", "b"], 2)
+    assert parse_request(b'{"text": "a"}', "application/json", cfg, 4, text, "3")[1] == 3
+    assert err(b"{nope") == (400, "bad_json")
+    assert err(b"[1]") == (400, "bad_request")
+    assert err(b"{}") == (400, "bad_request")
+    assert err(b'{"text": "a", "texts": ["b"]}') == (400, "bad_request")
+    assert err(b'{"txt": "a"}') == (400, "bad_request")
+    assert err(b'{"text": "  "}') == (400, "empty")
+    assert err(b'{"texts": []}') == (400, "empty")
+    assert err(b'{"texts": "a"}') == (400, "bad_request")
+    assert err(b'{"texts": ["a", 3]}') == (400, "bad_type")
+    assert err(b'{"text": null}') == (400, "bad_type")
+    assert err(b'{"texts": ["a", "b", "c", "d"]}') == (413, "too_many")
+    assert err(b'{"text": "' + b"x" * 11 + b'"}') == (413, "text_too_long")
+    assert err(b'{"text": "' + b"x" * 300 + b'"}') == (413, "body_too_large")
+    for k in (b"0", b"5", b"true", b"1.5", b'"2"'):
+        assert err(b'{"text": "a", "top_k": ' + k + b"}") == (400, "bad_top_k")
+    assert err(b'{"text": "a"}', query="x") == (400, "bad_top_k")
+    assert err(b"\x89PNG....", "image/png") == (415, "unsupported_media")
+    assert err(b'{"image": "aGk="}') == (415, "unsupported_media")
+    assert err(b"a", "text/plain") == (415, "unsupported_media")
+
+
+def test_service_fingerprint_and_refresh(fake_adapter, tmp_path):
+    class Other(FakeBackend):
+        fingerprint = "another-encoder"
+
+    with pytest.raises(AdapterFileError, match="another encoder"):
+        TFUPService(ServeConfig(adapter_path=str(fake_adapter)), backend=Other())
+
+    off = TFUPService(ServeConfig(adapter_path=str(fake_adapter)), backend=FakeBackend())
+    out = off.classify(["x", "y"], 2)
+    assert [len(r["top_k"]) for r in out] == [2, 2] and out[0]["label"] in "abc"
+    assert off.refresh_now() == 0 and off.stats()["refresh"]["buffered"] == 0
+
+    svc = TFUPService(
+        ServeConfig(adapter_path=str(fake_adapter), refresh=True, refresh_every=5, refresh_buffer=8),
+        backend=FakeBackend(),
+    )
+    keys0 = svc.adapter.keys.copy()
+    svc.classify(["a", "b", "c"], 1)
+    assert not svc.refresh_due()
+    svc.classify([f"t{i}" for i in range(10)], 1)
+    assert svc.refresh_due() and svc.stats()["refresh"]["buffered"] == 8  # bounded buffer
+    assert svc.refresh_now() == keys0.shape[0] + 8  # saved cache keys stand in for the target set
+    assert svc.refreshes == 1 and not svc.refresh_due()
+    assert svc.adapter.fingerprint == "fake-fp" and svc.adapter.class_names == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- real Ray Serve over HTTP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def clinc_adapter(tmp_path_factory):
+    from edgecache.encoder import load_encoder
+
+    try:
+        from edgecache.evaldata import load_clinc
+
+        rows = load_clinc("val")
+    except (OSError, KeyError, ValueError) as exc:
+        pytest.skip(f"CLINC150 data not available: {exc}")
+    encoder = load_encoder(threads=2)
+    names = sorted({r.group for r in rows})
+    assert len(names) == 10
+    prompts = [t.format(n.replace("_", " ")) for n in names for t in TEMPLATES]
+    w = ensemble_prompts(encoder.encode(prompts).reshape(len(names), len(TEMPLATES), -1))
+    random.Random(0).shuffle(rows)
+    target, held = rows[:300], rows[300:340]
+    adapter = TFUPAdapter.fit(
+        w, encoder.encode([r.text for r in target]), TFUPConfig(), encoder.fingerprint, names
+    )
+    path = tmp_path_factory.mktemp("tfup") / "clinc-domains.tfup"
+    adapter.save(path)
+    return {"path": path, "adapter": adapter, "encoder": encoder, "held": held, "names": names}
+
+
+@pytest.fixture(scope="module")
+def served(clinc_adapter):
+    # Read when ray is imported: with it the node registers on 127.0.0.1 instead of the
+    # machine's routable address (../shared/ENVIRONMENT.md, "Ray 2.60").
+    saved_env = {
+        k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")
+    }
+    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'edgecache[serve]'")
+    from ray import serve
+
+    from edgecache.adapters.serve import app
+
+    t0 = time.perf_counter()
+    ray.init(
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    port = _free_port()
+    try:
+        # ray.util.get_node_ip_address() still names the routable interface; the node itself is
+        # registered on loopback (Ray's own gRPC ports listen on all interfaces regardless).
+        assert ray._private.worker.global_worker.node.node_ip_address == "127.0.0.1"
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        small = {"ray_actor_options": {"num_cpus": 0.5}}
+        serve.run(
+            app(
+                clinc_adapter["path"], deployment_options=small, max_texts=16, backend_options={"threads": 1}
+            ),
+            name="tfup",
+            route_prefix="/tfup",
+        )
+        serve.run(
+            app(
+                clinc_adapter["path"],
+                deployment_options={**small, "name": "TFUPClassifierRefresh"},
+                refresh=True,
+                refresh_every=20,
+                refresh_buffer=64,
+            ),
+            name="tfup-refresh",
+            route_prefix="/tfup-refresh",
+        )
+        pids = _descendants(os.getpid())
+        yield {"port": port, "startup_s": time.perf_counter() - t0, **clinc_adapter}
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            pids = _descendants(os.getpid())
+            ray.shutdown()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert pids, "no Ray processes were seen: the check below would prove nothing"
+    left = [p for p in pids if _alive(p)]
+    assert not left, f"Ray processes left behind: {left}"
+
+
+def _http(port, method, path, body=None, ctype="application/json"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        headers = {"Content-Type": ctype} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def test_http_bound_to_loopback(served):
+    from ray import serve
+
+    details = serve.status()
+    assert details.applications["tfup"].status == "RUNNING"
+    # the HTTP proxy listens on loopback only: every listening socket on the port is 127.0.0.1
+    port_hex = f"{served['port']:04X}"
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local.endswith(":" + port_hex):
+                listening.append(local.split(":")[0])
+    assert listening and set(listening) == {"0100007F"}, listening
+
+
+def test_classify_matches_adapter(served):
+    held, names, adapter = served["held"], served["names"], served["adapter"]
+    texts = [r.text for r in held[:12]]
+    status, out = _http(served["port"], "POST", "/tfup", {"texts": texts, "top_k": 3})
+    assert status == 200 and len(out) == len(texts)
+    proba = adapter.predict_proba(served["encoder"].encode(texts))
+    for r, p in zip(out, proba, strict=True):
+        assert r["label"] == names[int(p.argmax())]
+        assert r["score"] == pytest.approx(float(p.max()), abs=1e-5)
+        assert len(r["top_k"]) == 3 and r["top_k"][0] == [r["label"], pytest.approx(r["score"])]
+        assert [s for _, s in r["top_k"]] == sorted((s for _, s in r["top_k"]), reverse=True)
+        assert {lab for lab, _ in r["top_k"]} <= set(names)
+    # a sanity floor, far above chance (1.6 of 16), not a benchmark (benchmarks/tfup_text.py is)
+    status, out = _http(served["port"], "POST", "/tfup", {"texts": [r.text for r in held[12:28]]})
+    assert status == 200 and all(len(r["top_k"]) == 5 for r in out)
+    right = sum(r["label"] == h.group for r, h in zip(out, held[12:28], strict=True))
+    assert right >= 5, right
+    status, out = _http(served["port"], "POST", "/tfup?top_k=1", {"text": "what is my checking balance"})
+    assert status == 200 and out[0]["label"] == "banking" and len(out[0]["top_k"]) == 1
+
+
+def test_errors_over_http(served):
+    port = served["port"]
+    cases = [
+        (b"{not json", "application/json", 400),
+        ({"texts": []}, "application/json", 400),
+        ({"text": 5}, "application/json", 400),
+        ({"text": "hi", "top_k": 11}, "application/json", 400),
+        ({"texts": ["hi"] * 17}, "application/json", 413),
+        ({"text": "x" * 5000}, "application/json", 413),
+        (b"\x89PNG\r\n\x1a\n", "image/png", 415),
+    ]
+    for body, ctype, want in cases:
+        status, out = _http(port, "POST", "/tfup", body, ctype)
+        assert status == want, (body if not isinstance(body, bytes) else body[:20], status, out)
+        assert set(out["error"]) == {"code", "message"}
+    assert _http(port, "POST", "/tfup", {"text": "x"}, "image/jpeg")[1]["error"]["message"].count("image")
+    assert _http(port, "PUT", "/tfup", {"text": "x"})[0] == 405
+
+
+def test_concurrent_requests_and_refresh(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    port, held = served["port"], served["held"]
+    status, state = _http(port, "GET", "/tfup")
+    assert status == 200 and state["refresh"]["enabled"] is False and len(state["classes"]) == 10
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda h: _http(port, "POST", "/tfup-refresh", {"text": h.text}), held[:24]))
+    assert all(s == 200 and len(o) == 1 for s, o in outs)
+    deadline = time.monotonic() + 20
+    while True:
+        state = _http(port, "GET", "/tfup-refresh")[1]
+        if state["refresh"]["refreshes"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert state["refresh"]["enabled"] and state["refresh"]["refreshes"] >= 1, state
+    assert state["classified"] == 24 and state["refresh"]["buffered"] == 24
+    status, out = _http(port, "POST", "/tfup-refresh", {"text": "book me a flight to paris"})
+    assert status == 200 and out[0]["label"] in served["names"]
