@@ -23,7 +23,6 @@ This module needs boto3; `import edgecache` does not, and never imports this mod
 from __future__ import annotations
 
 import math
-import random
 import re
 import secrets
 import time
@@ -49,7 +48,6 @@ __all__ = [
     "VersionedStore",
     "create_resources",
     "make_client",
-    "update_versioned",
 ]
 
 
@@ -138,40 +136,6 @@ def make_client(service: str, *, endpoint_url: str | None = None) -> Any:
 # -- optimistic concurrency --------------------------------------------------------------
 
 
-def update_versioned(
-    store: VersionedStore,
-    key: str,
-    change: Callable[[bytes | None], bytes],
-    *,
-    attempts: int = 50,
-    base_delay: float = 0.01,
-    max_delay: float = 0.5,
-) -> bytes:
-    """Read-modify-write `key` until no other writer got in between; returns what was written.
-
-    `change` gets the current bytes (None when absent) and may be called several times, so it
-    must be free of side effects. Waits between attempts are "full jitter" exponential
-    backoff: writers that collided once do not collide again in lockstep. Raises
-    ConflictError after `attempts` lost races.
-    """
-    if attempts < 1:
-        raise InvalidInputError(f"attempts must be at least 1, got {attempts!r}")
-    lost = 0
-    while True:
-        attempts -= 1
-        current = store.get_versioned(key)
-        data, version = (None, None) if current is None else current
-        new = change(data)
-        try:
-            store.put_if(key, new, version)
-            return new
-        except ConflictError:
-            if attempts == 0:
-                raise
-            time.sleep(_JITTER.uniform(0.0, min(max_delay, base_delay * 2**lost)))
-            lost += 1
-
-
 def _check_data(data: object) -> bytes:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidInputError(f"store data must be bytes, got {type(data).__name__}")
@@ -188,8 +152,6 @@ def _check_token(expected: object) -> str | None:
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._/-]{0,512}$")
-# OS randomness: processes restored from one SnapStart snapshot must not retry in lockstep.
-_JITTER = random.SystemRandom()
 _SSE = ("AES256", "aws:kms")
 
 

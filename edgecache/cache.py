@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import secrets
 import threading
 import time
@@ -25,7 +24,7 @@ from .eviction import STRATEGIES
 from .guards import veto
 from .load import LoadSignal
 from .results import CacheStats, Entry, LookupResult
-from .stores import MemoryStore, Store, VersionedStore, check_user, user_key
+from .stores import MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
 from .vectorindex import VectorIndex
 
@@ -39,12 +38,8 @@ def context_text(turns: list[str], keep: int) -> str:
 
 
 # Conflicting concurrent saves of one user's cache before giving up; each retry merges
-# and waits a random, growing while so that the writers stop colliding.
+# and backs off (stores.backoff) so that the writers stop colliding.
 MAX_SAVE_ATTEMPTS = 16
-RETRY_BASE_SECONDS = 0.005
-# From the OS: processes restored from one snapshot (Lambda SnapStart) must not share a
-# pseudo-random sequence, or their retries would collide in lockstep.
-_JITTER = random.SystemRandom()
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
 
 
@@ -551,7 +546,7 @@ class SemanticCache:
             return
         for attempt in range(MAX_SAVE_ATTEMPTS):
             if attempt:
-                time.sleep(_JITTER.uniform(0, RETRY_BASE_SECONDS * 2 ** min(attempt, 6)))
+                backoff(attempt - 1)
             with self._lock:
                 data, added, removed = self._encode(), set(self._pending_add), set(self._pending_remove)
                 expected = self._version

@@ -10,9 +10,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import random
 import re
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -59,6 +62,48 @@ class VersionedStore(Store, Protocol):
 
 def _version_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
+
+
+# From the OS: processes restored from one snapshot (Lambda SnapStart) must not share a
+# pseudo-random sequence, or their retries would collide in lockstep.
+_JITTER = random.SystemRandom()
+
+
+def backoff(lost: int, base_delay: float = 0.005, max_delay: float = 0.5) -> None:
+    """Wait before retrying a conditional write lost `lost` times: "full jitter" exponential
+    backoff, so writers that collided once do not collide again in lockstep."""
+    time.sleep(_JITTER.uniform(0.0, min(max_delay, base_delay * 2 ** min(lost, 16))))
+
+
+def update_versioned(
+    store: VersionedStore,
+    key: str,
+    change: Callable[[bytes | None], bytes],
+    *,
+    attempts: int = 50,
+    base_delay: float = 0.01,
+    max_delay: float = 0.5,
+) -> bytes:
+    """Read-modify-write `key` until no other writer got in between; returns what was written.
+
+    `change` gets the current bytes (None when absent) and may be called several times, so it
+    must be free of side effects. Raises ConflictError after `attempts` lost races.
+    """
+    if attempts < 1:
+        raise InvalidInputError(f"attempts must be at least 1, got {attempts!r}")
+    for lost in range(attempts):
+        if lost:
+            backoff(lost - 1, base_delay, max_delay)
+        current = store.get_versioned(key)
+        data, version = (None, None) if current is None else current
+        new = change(data)
+        try:
+            store.put_if(key, new, version)
+            return new
+        except ConflictError:
+            if lost == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _check_key(key: str) -> str:

@@ -25,10 +25,9 @@ from edgecache.aws_stores import (
     StoreNotFoundError,
     create_resources,
     make_client,
-    update_versioned,
 )
 from edgecache.errors import ConflictError, EdgecacheError, InvalidInputError
-from edgecache.stores import Store, VersionedStore, user_key
+from edgecache.stores import Store, VersionedStore, update_versioned, user_key
 from tests.helpers import HashingEmbedder
 
 pytestmark = pytest.mark.integration
