@@ -9,7 +9,7 @@ Both stores implement the `Store` protocol (`get`/`put`/`delete` of bytes by key
 optimistic concurrency (`get_versioned` / `put_if`, the `stores.VersionedStore` protocol):
 several Lambda instances may serve the same user, or update one shared record, at the same
 time, and a plain `put` would let the last writer silently drop the others' changes.
-`SemanticCache.save` uses the pair (merge and retry on ConflictError); `update_versioned`
+`SemanticCache.save` uses the pair (merge and retry on ConflictError); `stores.update_versioned`
 is the same read-modify-write loop for any other shared record.
 
 Keys are already hashes (`stores.user_key`, body keys `f"{user_key}.{entry_id}"`), so no
