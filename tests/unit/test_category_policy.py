@@ -309,3 +309,14 @@ def test_bodies_expire_no_earlier_than_their_entry_could_be_served(embedder, clo
     assert seen[b"warm"] == clock.now + 2 * 15 * 60
     assert seen[b"Shakespeare"] == clock.now + 2 * 100
     assert seen[b"forever"] is None
+
+
+def test_large_caches_evict_a_percent_at_a_time_and_never_exceed_the_limit(make_cache):
+    cache = make_cache(max_entries=300)
+    cache.insert_many([f"question number {i} on topic {i * 3}" for i in range(300)], ["r"] * 300)
+    cache.insert("one more question here", "r")
+    assert len(cache) == 300 - 3  # over by one: frees 1 + 1% of 300
+    for i in range(10):
+        cache.insert(f"later question {i}", "r")
+        assert len(cache) <= 300
+    assert sum(c["evictions"] for c in cache.stats().categories.values()) == 301 + 10 - len(cache)
