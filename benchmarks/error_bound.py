@@ -36,6 +36,7 @@ import numpy as np
 
 from edgecache.calibration import OnlineCalibrator, choose_threshold
 from edgecache.config import CacheConfig
+from edgecache.evaldata import components
 from edgecache.evalrun import projection_for, qqp_vectors
 from edgecache.evaluation import emulate_storage, pairwise
 from edgecache.guards import veto
@@ -72,24 +73,6 @@ def rates(sims: np.ndarray, ok: np.ndarray, lookups: int, positives: int, thresh
         "false_hit_rate": wrong / hits if hits else 0.0,
         "recall": (hits - wrong) / positives,
     }
-
-
-def components(pairs) -> list[str]:
-    """Each pair's connected-component root (as evaldata splits by), for a leak-free halving."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for p in pairs:
-        ra, rb = find(p.a), find(p.b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return [find(p.a) for p in pairs]
 
 
 def metric(rate: str) -> str:

@@ -47,6 +47,15 @@ def load_qqp(path: Path | None = None) -> dict[str, list[Pair]]:
             a, b = str(row["a"]).strip(), str(row["b"]).strip()
             if a and b:
                 pairs.append(Pair(a, b, int(row["label"])))
+    out: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    for p, root in zip(pairs, components(pairs), strict=True):
+        out[_component_split(root)].append(p)
+    return out
+
+
+def components(pairs: list[Pair]) -> list[str]:
+    """Each pair's connected component, named by its smallest question (two questions are
+    linked when they appear in one pair): the unit that never straddles two splits."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -60,10 +69,7 @@ def load_qqp(path: Path | None = None) -> dict[str, list[Pair]]:
         ra, rb = find(p.a), find(p.b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    out: dict[str, list[Pair]] = {s: [] for s in SPLITS}
-    for p in pairs:
-        out[_component_split(find(p.a))].append(p)
-    return out
+    return [find(p.a) for p in pairs]
 
 
 @dataclass(frozen=True)
