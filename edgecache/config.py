@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 
 from .decision import Thresholds
 from .errors import ConfigError
-from .policy import Policy
+from .policy import Policy, refuse_unknown_keys
 
 DTYPES = ("f32", "f16", "i8")
 
@@ -72,9 +72,7 @@ class CacheConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CacheConfig:
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        refuse_unknown_keys(data, known, "unknown config keys:")
         if "policy" in data and not isinstance(data["policy"], Policy):
             data = {**data, "policy": Policy.from_dict(data["policy"])}
         return cls(**data)

@@ -68,6 +68,13 @@ class CategoryPolicy:
         object.__setattr__(self, "seeds", seeds)
 
 
+def refuse_unknown_keys(data: dict, allowed: set[str], prefix: str) -> None:
+    """A misspelt setting is an error, not silently ignored."""
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{prefix} {', '.join(sorted(unknown))}")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -143,10 +150,7 @@ class Policy:
         {name: {field: value}} it changes only those fields of the default categories."""
         if not isinstance(data, dict):
             raise ConfigError("policy must be a table/object of settings")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown policy keys: {', '.join(sorted(unknown))}")
+        refuse_unknown_keys(data, {f.name for f in fields(cls)}, "unknown policy keys:")
         data = dict(data)
         cats = data.get("categories")
         if isinstance(cats, list):
@@ -166,10 +170,9 @@ class Policy:
 def _category(data: Any) -> CategoryPolicy:
     if not isinstance(data, dict):
         raise ConfigError("each category must be a table/object with at least a name")
-    known = {f.name for f in fields(CategoryPolicy)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"category {data.get('name')!r}: unknown keys {', '.join(sorted(unknown))}")
+    refuse_unknown_keys(
+        data, {f.name for f in fields(CategoryPolicy)}, f"category {data.get('name')!r}: unknown keys"
+    )
     if "name" not in data:
         raise ConfigError("each category needs a name")
     return CategoryPolicy(**data)
@@ -183,9 +186,7 @@ def _override(base: tuple[CategoryPolicy, ...], changes: dict) -> tuple[Category
             raise ConfigError(f"policy.categories.{name} must be a table/object of fields")
         if name in by_name:
             allowed = {f.name for f in fields(CategoryPolicy)} - {"name"}
-            unknown = set(change) - allowed
-            if unknown:
-                raise ConfigError(f"category {name!r}: unknown keys {', '.join(sorted(unknown))}")
+            refuse_unknown_keys(change, allowed, f"category {name!r}: unknown keys")
             out[out.index(by_name[name])] = replace(by_name[name], **change)
         else:
             out.append(_category({"name": name, **change}))
