@@ -215,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--queries", type=int, default=1_000)
     bench.add_argument("--gptcache-python", help="python of a venv with gptcache, for the side-by-side")
     bench.set_defaults(func=cmd_bench)
+    from .llm.cli import add_llm_parser
+
+    add_llm_parser(sub)
+    from .adapters.cli import add_adapters_parser
+
+    add_adapters_parser(sub)
     return parser
 
 

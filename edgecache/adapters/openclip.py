@@ -33,6 +33,11 @@ opset 17, dynamic batch by default) and checks it numerically against torch on a
 transform in numpy/PIL from what the export records in the model's metadata, and carries the torch
 backend's fingerprint so a saved adapter works with either.
 
+Ray Serve: `tiny_backend`, `image_backend` (model + tag or checkpoint) and `onnx_backend` (an
+exported tower) are factories for `TFUPClassifier`'s `backend="edgecache.adapters.openclip:..."`.
+`resize_crop_fn` + `normalize_pixels` split the numpy eval transform so that the batch job
+(edgecache.adapters.batch) ships uint8 crops between processes and normalises where the model runs.
+
 torch and open_clip are imported lazily: importing this module (or `edgecache.adapters`) needs
 neither.
 """
@@ -67,6 +72,12 @@ __all__ = [
     "WeightsUnavailableError",
     "decode_image",
     "export_image_onnx",
+    "image_backend",
+    "normalize_pixels",
+    "onnx_backend",
+    "resize_crop_fn",
+    "tiny_backend",
+    "transform_params",
 ]
 
 TINY_MODEL = "edgecache-tiny-clip"
@@ -135,6 +146,12 @@ def _fingerprint(model_name: str, config: Any, state_dict: dict[str, Any]) -> st
         h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes() if t.dtype != _torch().bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
+
+
+def transform_params(backend: OpenCLIPBackend) -> dict[str, Any]:
+    """The backend's eval transform as plain values (resize, crop, mean, std, interpolation), for
+    `resize_crop_fn` / `normalize_pixels` where the transform runs without torch."""
+    return _transform_params(backend.preprocess)
 
 
 def _transform_params(preprocess: Any) -> dict[str, Any]:
@@ -420,15 +437,16 @@ def export_image_onnx(
     return report
 
 
-def _numpy_preprocess(params: dict[str, Any]) -> Callable[[Any], np.ndarray]:
-    """open_clip's eval transform (Resize shortest side, CenterCrop, ToTensor, Normalize) in PIL +
-    numpy, as torchvision applies it to PIL images."""
+def resize_crop_fn(params: dict[str, Any]) -> Callable[[Any], np.ndarray]:
+    """The geometric half of open_clip's eval transform (Resize shortest side, CenterCrop) in PIL,
+    as torchvision applies it to PIL images: RGB PIL image -> uint8 (H, W, 3).
+
+    Split from `normalize_pixels` so that a batch job can ship uint8 crops between processes
+    (a quarter of the float32 bytes) and normalise where the model runs."""
     from PIL import Image
 
     size = int(params["resize"])
     ch, cw = params["crop"]
-    mean = np.asarray(params["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(params["std"], dtype=np.float32)[:, None, None]
     resample = {
         "bicubic": Image.Resampling.BICUBIC,
         "bilinear": Image.Resampling.BILINEAR,
@@ -448,8 +466,28 @@ def _numpy_preprocess(params: dict[str, Any]) -> Callable[[Any], np.ndarray]:
             raise InvalidImageError(f"image {w}x{h} smaller than the crop {cw}x{ch}")
         top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
         img = img.crop((left, top, left + cw, top + ch))
-        a = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
-        return (a - mean) / std
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+    return apply
+
+
+def normalize_pixels(crops: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """uint8 crops (H, W, 3) or (n, H, W, 3) -> the model's float32 input, channels first
+    (ToTensor + Normalize)."""
+    mean = np.asarray(params["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(params["std"], dtype=np.float32)[:, None, None]
+    a = np.asarray(crops, dtype=np.float32)
+    a = np.moveaxis(a, -1, -3) / np.float32(255.0)
+    return np.ascontiguousarray((a - mean) / std, dtype=np.float32)
+
+
+def _numpy_preprocess(params: dict[str, Any]) -> Callable[[Any], np.ndarray]:
+    """open_clip's eval transform (Resize shortest side, CenterCrop, ToTensor, Normalize) in PIL +
+    numpy, as torchvision applies it to PIL images."""
+    crop = resize_crop_fn(params)
+
+    def apply(img: Any) -> np.ndarray:
+        return normalize_pixels(crop(img), params)
 
     return apply
 
@@ -517,3 +555,44 @@ class OnnxImageBackend:
 
             raise RequestError(415, "unsupported_media", "the ONNX open_clip backend embeds images only")
         return self.embed_pil([decode_image(b, i) for i, b in enumerate(items)])
+
+
+# ---------------------------------------------------------------- serve factories
+#
+# `make_backend("module:factory", options)` (edgecache.adapters.serve) calls these with the
+# deployment's `backend_options`, e.g. backend="edgecache.adapters.openclip:image_backend",
+# backend_options={"model": "ViT-B-32", "pretrained": "/models/vit_b32.pt"}.
+
+
+def tiny_backend(seed: int = 0, batch_size: int = 64, threads: int | None = None) -> OpenCLIPBackend:
+    """`OpenCLIPBackend.tiny(seed)` for Serve: the test model (random weights)."""
+    _set_torch_threads(threads)
+    return OpenCLIPBackend.tiny(seed=seed, batch_size=batch_size)
+
+
+def image_backend(
+    model: str,
+    pretrained: str | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> OpenCLIPBackend:
+    """`OpenCLIPBackend.from_pretrained(model, pretrained)` for Serve (images and texts);
+    `pretrained`: a tag, a local checkpoint path, or None (random weights)."""
+    _set_torch_threads(threads)
+    return OpenCLIPBackend.from_pretrained(model, pretrained, batch_size=batch_size)
+
+
+def onnx_backend(path: str, threads: int | None = None, batch_size: int = 64) -> OnnxImageBackend:
+    """An exported image tower (`export_image_onnx`) for Serve: images only, no torch in the
+    replica. The adapter must have been fitted with the torch backend the file was exported from."""
+    if not Path(path).is_file():
+        raise ConfigError(f"ONNX image tower not found: {path}")
+    return OnnxImageBackend(path, threads=threads, batch_size=batch_size)
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    _torch().set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""`TFUPClassifier`: a Ray Serve deployment that classifies text (images later) with a saved TFUP adapter.
+"""`TFUPClassifier`: a Ray Serve deployment that classifies text or images with a saved TFUP adapter.
 
     from ray import serve
     from edgecache.adapters.serve import app
@@ -10,20 +10,26 @@ HTTP API (JSON in, JSON out):
 
     POST {"text": "..."}                  -> [{"label", "score", "top_k": [[label, score], ...]}]
     POST {"texts": ["...", ...], "top_k": 3}
+    POST <image bytes>, Content-Type image/* or application/octet-stream   (an image backend)
+    POST {"image": "<base64>"} or {"images": ["<base64>", ...]}             (an image backend)
     GET                                   -> the deployment's state (classes, cache size, refreshes)
 
 `top_k` (body field or `?top_k=` query parameter) defaults to 5 (capped at the number of classes
 when defaulted), must be an integer in [1, number of classes] when given. Scores are the TFUP
-softmax probabilities. Bad input gets a 4xx with {"error": {"code", "message"}}: 400 malformed
-or wrong types, 413 too many texts / a text or body too large, 415 an image or a content type
-the backend cannot embed, 405 another method.
+softmax probabilities. Bad input gets a 4xx with {"error": {"code", "message"}}: 400 malformed,
+wrong types, bad base64 or image bytes that do not decode, 413 too many texts / a text or body
+too large, 415 an image or a content type the backend cannot embed, 405 another method.
 
 Backends. The adapter only sees vectors, so what embeds the input is a seam (`FeatureBackend`):
 `embed(list[str | bytes]) -> (n, d)` float32, a `fingerprint` that the saved adapter must carry
 (an adapter built with another encoder is refused at load), and the `modalities` it accepts.
 `TextBackend` wraps edgecache's ONNX MiniLM (its raw 384-d unit vectors, as
-`benchmarks/tfup_text.py` fits them). An image backend (open_clip; not written yet) plugs in
-through `backend="module:factory"`; until one is configured, image bytes get a 415.
+`benchmarks/tfup_text.py` fits them). Image backends plug in through `backend="module:factory"`:
+`edgecache.adapters.openclip:image_backend` (options model, pretrained = a tag or a checkpoint
+path), `:onnx_backend` (path of an exported image tower, no torch in the replica) or
+`:tiny_backend` (the random test model). Without one, image bytes get a 415. Image bytes that do
+not decode get a 400 ("bad_image"), alone: the other requests of the same `serve.batch` are
+answered.
 
 Feature-cache refresh from traffic (`refresh=True`, default off): the replica keeps the
 embeddings of its last `refresh_buffer` inputs and every `refresh_every` inputs re-fits the
@@ -45,6 +51,7 @@ import asyncio
 import base64
 import binascii
 import importlib
+import itertools
 import json
 import math
 import threading
@@ -362,7 +369,37 @@ class TFUPService:
         )
 
     def embed(self, items: list[Item]) -> np.ndarray:
-        return self.backend.embed(items)
+        """The backend's vectors; an input it refuses (an undecodable image) is a RequestError."""
+        try:
+            return self.backend.embed(items)
+        except RequestError:
+            raise
+        except InvalidInputError as exc:
+            from .openclip import InvalidImageError  # torch-free module
+
+            code = "bad_image" if isinstance(exc, InvalidImageError) else "bad_input"
+            raise RequestError(400, code, str(exc)) from exc
+
+    def embed_requests(self, requests: Sequence[list[Item]]) -> list[np.ndarray | RequestError]:
+        """Each request's vectors, or the RequestError that refuses it.
+
+        One backend run for all of them; only when that fails (one request's image does not
+        decode) is each request embedded on its own, so that a bad request in a `serve.batch`
+        fails alone and the others are answered."""
+        try:
+            features = self.embed([x for items in requests for x in items])
+        except RequestError as exc:
+            if len(requests) == 1:
+                return [exc]
+            out: list[np.ndarray | RequestError] = []
+            for items in requests:
+                try:
+                    out.append(self.embed(items))
+                except RequestError as one:
+                    out.append(one)
+            return out
+        bounds = np.cumsum([0] + [len(items) for items in requests])
+        return [features[a:b] for a, b in itertools.pairwise(bounds)]
 
     def classify_features(self, features: np.ndarray, top_ks: Sequence[int]) -> list[dict[str, Any]]:
         """One result per row; `top_ks` gives each row's k. Feeds the refresh buffer when on."""
@@ -450,18 +487,21 @@ class TFUPClassifier:
         self._refresh_task: asyncio.Future | None = None
 
     async def _run_batch(self, requests: list[tuple[list[Item], int]]) -> list[Any]:
-        items = [x for texts, _ in requests for x in texts]
-        ks = [k for texts, k in requests for _ in texts]
         loop = asyncio.get_running_loop()
-        try:
-            features = await loop.run_in_executor(None, self.service.embed, items)
+        embedded = await loop.run_in_executor(
+            None, self.service.embed_requests, [items for items, _ in requests]
+        )
+        good = [i for i, e in enumerate(embedded) if not isinstance(e, RequestError)]
+        out: list[Any] = list(embedded)
+        if good:
+            features = np.concatenate([embedded[i] for i in good])
+            ks = [requests[i][1] for i in good for _ in requests[i][0]]
             results = await loop.run_in_executor(None, self.service.classify_features, features, ks)
-        except RequestError as exc:  # a backend refusing an item: answer every request of the batch
-            return [exc] * len(requests)
-        out, start = [], 0
-        for texts, _ in requests:
-            out.append(results[start : start + len(texts)])
-            start += len(texts)
+            start = 0
+            for i in good:
+                n = len(requests[i][0])
+                out[i] = results[start : start + n]
+                start += n
         return out
 
     def _maybe_refresh(self) -> None:

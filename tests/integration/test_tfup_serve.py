@@ -4,6 +4,11 @@ The adapter: the 10 CLINC150 domains as classes (prompts from their names, as in
 benchmarks/tfup_text.py), fitted on 300 unlabeled CLINC val queries with the built encoder's raw
 384-d vectors. The served answers must equal the adapter's own predictions in this process.
 The first tests use a fake backend and need neither Ray nor the encoder.
+
+Images: a third application serves an adapter fitted on 100 CIFAR-10 test images with the tiny
+random open_clip model (backend `edgecache.adapters.openclip:tiny_backend`); its answers to raw
+and base64 image bytes must equal the adapter's predictions in this process, and bytes that are
+not an image get a 400 while the deployment keeps serving.
 """
 
 from __future__ import annotations
@@ -107,6 +112,73 @@ def test_service_fingerprint_and_refresh(fake_adapter, tmp_path):
     assert svc.adapter.fingerprint == "fake-fp" and svc.adapter.class_names == ["a", "b", "c"]
 
 
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CORRUPT_IMAGE = b"\xff\xd8\xff\xe0" + b"not a jpeg at all" * 10
+
+
+@pytest.fixture(scope="module")
+def image_adapter(tmp_path_factory):
+    """The tiny open_clip model's adapter over 100 CIFAR-10 images, or None where torch,
+    open_clip or the images are missing (the image tests then skip, the text ones still run)."""
+    try:
+        import open_clip  # noqa: F401
+
+        from edgecache.adapters.openclip import OpenCLIPBackend
+        from edgecache.evaldata import data_root
+    except ImportError:
+        return None
+    root = data_root() / "images" / "cifar10_test"
+    if not root.is_dir():
+        return None
+    backend = OpenCLIPBackend.tiny(seed=0)
+    fit_blobs = [f.read_bytes() for c in CIFAR10 for f in sorted((root / c).glob("*.jpg"))[:10]]
+    held = [f.read_bytes() for c in CIFAR10 for f in sorted((root / c).glob("*.jpg"))[10:12]]
+    w = backend.class_embeddings(CIFAR10, ["a photo of a {}."])
+    adapter = TFUPAdapter.fit(w, backend.embed(fit_blobs), TFUPConfig(), backend.fingerprint, CIFAR10)
+    path = tmp_path_factory.mktemp("tfup-image") / "cifar10-tiny.tfup"
+    adapter.save(path)
+    return {"path": path, "adapter": adapter, "backend": backend, "held": held}
+
+
+def test_image_service_isolates_corrupt_requests(image_adapter):
+    if image_adapter is None:
+        pytest.skip("torch/open_clip or the CIFAR-10 images are missing")
+    svc = TFUPService(ServeConfig(adapter_path=str(image_adapter["path"])), backend=image_adapter["backend"])
+    good = image_adapter["held"][:2]
+    out = svc.embed_requests([[good[0]], [CORRUPT_IMAGE], [good[1], good[0]]])
+    assert isinstance(out[1], RequestError) and (out[1].status, out[1].code) == (400, "bad_image")
+    np.testing.assert_allclose(out[0], svc.embed([good[0]]), atol=1e-6)
+    assert out[2].shape == (2, svc.backend.dim)
+    with pytest.raises(RequestError) as info:
+        svc.classify([b""], 1)
+    assert info.value.status == 400
+
+
+def test_image_backend_factories(image_adapter, tmp_path):
+    if image_adapter is None:
+        pytest.skip("torch/open_clip or the CIFAR-10 images are missing")
+    from edgecache.adapters.openclip import export_image_onnx
+    from edgecache.adapters.serve import make_backend
+    from edgecache.errors import ConfigError
+
+    cfg = ServeConfig(adapter_path=str(image_adapter["path"]))
+    held = image_adapter["held"][:6]
+    want = image_adapter["adapter"].predict_proba(image_adapter["backend"].embed(held))
+    tiny = make_backend("edgecache.adapters.openclip:tiny_backend", {"seed": 0, "threads": 1})
+    export_image_onnx(image_adapter["backend"], tmp_path / "tower.onnx")
+    onnx = make_backend("edgecache.adapters.openclip:onnx_backend", {"path": str(tmp_path / "tower.onnx")})
+    for backend in (tiny, onnx):
+        out = TFUPService(cfg, backend=backend).classify(held, 2)
+        assert [r["label"] for r in out] == [CIFAR10[int(i)] for i in want.argmax(axis=1)]
+        np.testing.assert_allclose([r["score"] for r in out], want.max(axis=1), atol=1e-3)
+    with pytest.raises(AdapterFileError, match="another encoder"):
+        TFUPService(cfg, backend=make_backend("edgecache.adapters.openclip:tiny_backend", {"seed": 1}))
+    with pytest.raises(ConfigError, match="not found"):
+        make_backend("edgecache.adapters.openclip:onnx_backend", {"path": str(tmp_path / "nope.onnx")})
+    with pytest.raises(ConfigError, match="unknown open_clip model"):
+        make_backend("edgecache.adapters.openclip:image_backend", {"model": "no-such-model"})
+
+
 # ---------------------------------------------------------------- real Ray Serve over HTTP
 
 
@@ -168,7 +240,7 @@ def clinc_adapter(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(clinc_adapter):
+def served(clinc_adapter, image_adapter):
     # Read when ray is imported: with it the node registers on 127.0.0.1 instead of the
     # machine's routable address (../shared/ENVIRONMENT.md, "Ray 2.60").
     saved_env = {
@@ -216,8 +288,21 @@ def served(clinc_adapter):
             name="tfup-refresh",
             route_prefix="/tfup-refresh",
         )
+        if image_adapter is not None:
+            serve.run(
+                app(
+                    image_adapter["path"],
+                    deployment_options={**small, "name": "TFUPImageClassifier"},
+                    backend="edgecache.adapters.openclip:tiny_backend",
+                    backend_options={"seed": 0, "threads": 1},
+                    max_batch_size=8,
+                    batch_wait_timeout_s=0.05,
+                ),
+                name="tfup-image",
+                route_prefix="/tfup-image",
+            )
         pids = [p for p in _descendants(os.getpid()) if p not in before]
-        yield {"port": port, "startup_s": time.perf_counter() - t0, **clinc_adapter}
+        yield {"port": port, "startup_s": time.perf_counter() - t0, "image": image_adapter, **clinc_adapter}
     finally:
         try:
             serve.shutdown()
@@ -330,3 +415,57 @@ def test_concurrent_requests_and_refresh(served):
     assert state["classified"] == 24 and state["refresh"]["buffered"] == 24
     status, out = _http(port, "POST", "/tfup-refresh", {"text": "book me a flight to paris"})
     assert status == 200 and out[0]["label"] in served["names"]
+
+
+def test_image_bytes_over_http(served):
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = served["image"]
+    if image is None:
+        pytest.skip("torch/open_clip or the CIFAR-10 images are missing")
+    port, held = served["port"], image["held"]
+    proba = image["adapter"].predict_proba(image["backend"].embed(held))
+
+    def check(result, p, k):
+        assert result["label"] == CIFAR10[int(p.argmax())]
+        # The replica's torch runs on one thread, this process's on more: the embeddings agree to
+        # ~1e-6 and the probabilities (logit scale 100) to ~1e-4.
+        assert result["score"] == pytest.approx(float(p.max()), abs=1e-3)
+        assert len(result["top_k"]) == k and result["top_k"][0][0] == result["label"]
+
+    status, out = _http(port, "POST", "/tfup-image?top_k=3", held[0], "image/jpeg")
+    assert status == 200 and len(out) == 1, out
+    check(out[0], proba[0], 3)
+    b64 = [base64.b64encode(b).decode() for b in held[1:5]]
+    status, out = _http(port, "POST", "/tfup-image", {"images": b64, "top_k": 2})
+    assert status == 200 and len(out) == 4
+    for r, p in zip(out, proba[1:5], strict=True):
+        check(r, p, 2)
+
+    # Bytes that are not an image: a clear 400, whether raw or base64, and the deployment goes on.
+    for body, ctype in [
+        (CORRUPT_IMAGE, "image/jpeg"),
+        (b"GIF89a" + b"\x00" * 30, "application/octet-stream"),
+        ({"image": base64.b64encode(CORRUPT_IMAGE).decode()}, "application/json"),
+        ({"images": [b64[0], base64.b64encode(b"plain text").decode()]}, "application/json"),
+        ({"image": "%%% not base64 %%%"}, "application/json"),
+    ]:
+        status, out = _http(port, "POST", "/tfup-image", body, ctype)
+        assert status == 400 and out["error"]["code"] == "bad_image", (status, out)
+        assert out["error"]["message"]
+
+    # Corrupt and valid requests batched together by serve.batch: each gets its own answer.
+    jobs = [(held[i % len(held)], i) if i % 3 else (CORRUPT_IMAGE, i) for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(lambda j: _http(port, "POST", "/tfup-image?top_k=1", j[0], "image/jpeg"), jobs)
+        )
+    for (body, i), (status, out) in zip(jobs, answers, strict=True):
+        if body is CORRUPT_IMAGE:
+            assert status == 400 and out["error"]["code"] == "bad_image"
+        else:
+            assert status == 200
+            check(out[0], proba[i % len(held)], 1)
+    status, state = _http(port, "GET", "/tfup-image")
+    assert status == 200 and state["modalities"] == ["image", "text"] and state["classified"] == 1 + 4 + 8
