@@ -1,0 +1,68 @@
+"""The packaged SmolLM2 model: build (or reuse) the safetensors copy, load it, generate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecache.llm.model import MANIFEST_FILE, packaged_model_path
+
+pytestmark = pytest.mark.integration
+
+FILLER = (
+    "The museum opened a new wing dedicated to modern sculpture last spring. "
+    "Visitors often spend hours walking through the quiet galleries. "
+    "A small cafe near the entrance serves coffee and pastries. "
+    "The city council approved a plan to repair the old bridge. "
+)
+HAYSTACK = FILLER * 4 + "The secret code for the vault is 7421. " + FILLER * 4
+QUESTION = "What is the secret code for the vault?"
+
+
+@pytest.fixture(scope="module")
+def pipe(smollm2):
+    import torch
+    from kvpress import KVPressTextGenerationPipeline
+
+    # A 135M model on a shared 2-core machine: torch's second thread mostly spin-waits.
+    before = torch.get_num_threads()
+    if smollm2.device == "cpu":
+        torch.set_num_threads(1)
+    yield KVPressTextGenerationPipeline(model=smollm2.model, tokenizer=smollm2.tokenizer)
+    torch.set_num_threads(before)
+
+
+def test_the_built_copy_has_smollm2s_shape(smollm2):
+    folder = packaged_model_path()
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    config = smollm2.model.config
+    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (30, 9, 3)
+    assert manifest["sha256"].startswith(folder.name)
+    assert not hasattr(config, "quantization_config")
+    assert smollm2.source == str(folder)
+    assert config._attn_implementation == "sdpa"
+
+
+def test_full_cache_finds_the_needle(pipe):
+    answer = pipe(HAYSTACK, question=QUESTION, press=None, max_new_tokens=14)["answer"]
+    assert "7421" in answer
+
+
+def test_a_press_compresses_the_cache_and_still_answers(smollm2, pipe):
+    import torch
+    from transformers import DynamicCache
+
+    from edgecache.llm.presses import kv_entries, make_press
+
+    press = make_press("sentencekv", 0.5, tokenizer=smollm2.tokenizer)
+    ids = smollm2.tokenizer(HAYSTACK, return_tensors="pt").input_ids.to(smollm2.model.device)
+    cache = DynamicCache()
+    with torch.no_grad(), press(smollm2.model):
+        smollm2.model.model(input_ids=ids, past_key_values=cache)
+    entries = kv_entries(smollm2.model, cache)
+    assert entries.shape == (30, 3)
+    assert (entries == int(ids.shape[1] * 0.5)).all()
+
+    answer = pipe(HAYSTACK, question=QUESTION, press=press, max_new_tokens=14)["answer"]
+    assert "7421" in answer
