@@ -15,13 +15,13 @@ from pathlib import Path
 from .config import CacheConfig
 from .errors import EdgecacheError
 from .home import edgecache_home
+from .raycluster import is_loopback_host
 
 DEFAULT_RESULTS = Path("benchmarks/results")
 
 
-def load_config(path: str | None) -> CacheConfig:
-    if not path:
-        return CacheConfig()
+def read_settings(path: str) -> dict:
+    """The settings a --config file holds: TOML when it ends in .toml, else JSON."""
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
@@ -29,7 +29,11 @@ def load_config(path: str | None) -> CacheConfig:
         raise EdgecacheError(f"cannot read config {p}: {exc}") from exc
     if not isinstance(raw, dict):
         raise EdgecacheError(f"config {p} must hold a table/object of settings")
-    return CacheConfig.from_dict(raw)
+    return raw
+
+
+def load_config(path: str | None) -> CacheConfig:
+    return CacheConfig.from_dict(read_settings(path)) if path else CacheConfig()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -63,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upstream=upstream,
     )
     host, port = server.address
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback_host(host):
         logging.warning("listening on %s: put an auth layer that sets %s in front", host, args.user_header)
     print(
         f"edgecache serving on http://{host}:{port} (store {store_dir}, "

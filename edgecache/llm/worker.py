@@ -64,9 +64,6 @@ from .protocol import GenerationRequest, Kind, RequestError, WorkerConfig, parse
 logger = logging.getLogger(__name__)
 
 PACKAGED_MODEL_NAME = "smollm2-135m-instruct"
-# Where head-wise presses leave per-head masks on the attention modules until the next
-# prefill: kvpress's own (AdaKV, DuoAttention...) and edgecache.llm.presses' (TaskKV).
-HEAD_MASK_ATTRIBUTES = ("masked_key_indices", "edgecache_masked_keys")
 ROUTES: dict[str, Kind] = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
 
 __all__ = [
@@ -483,6 +480,10 @@ class LLMService:
             # Without the LM head, as kvpress's pipeline prefills: only the cache is wanted.
             self.model.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache)
         layers = tuple((layer.keys, layer.values) for layer in cache.layers)
+        # Imported here, not at the top: importing the presses imports kvpress, which this module
+        # leaves to the replica (a driver only binds the deployment).
+        from .presses.measure import HEAD_MASK_ATTRIBUTES
+
         masked = {}
         for name, module in self._attention:
             for attr in HEAD_MASK_ATTRIBUTES:
@@ -494,6 +495,8 @@ class LLMService:
         return entry, False
 
     def _restore_masks(self, entry: CompressedContext | None) -> None:
+        from .presses.measure import HEAD_MASK_ATTRIBUTES
+
         for name, module in self._attention:
             for attr in HEAD_MASK_ATTRIBUTES:
                 value = entry.masked.get((name, attr)) if entry is not None else None

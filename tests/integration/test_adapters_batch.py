@@ -34,6 +34,7 @@ from edgecache.evaldata import data_root  # noqa: E402
 
 # The session's AWS fixtures (dummy credentials, moto server on 127.0.0.1), used here too.
 from tests.integration.aws.conftest import aws, aws_endpoint, aws_env  # noqa: E402, F401
+from tests.integration.processes import descendants, established, is_loopback, local_ray  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -79,69 +80,16 @@ def images(tmp_path_factory):
     return {"root": root, "valid": sorted(valid), "bad": sorted(str(p) for p in bad)}
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-_LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
-
-
-def _established_peers(pids: set[int]) -> list[tuple[str, str]]:
-    """(local, remote) hex addresses of the ESTABLISHED TCP connections these processes hold."""
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    out = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if cols[3] == "01" and cols[9] in inodes:
-                out.append((cols[1].split(":")[0], cols[2].split(":")[0]))
-    return out
-
-
 @pytest.fixture(scope="module")
-def ray_cluster(aws_env):  # noqa: F811 - the imported fixture
-    # aws_env first: Ray's workers inherit this environment (dummy credentials, no real account).
-    from edgecache.adapters.batch import start_local_ray
-
+def ray_cluster(aws_endpoint):  # noqa: F811 - the imported fixture
+    # The AWS environment first: Ray's workers inherit it (dummy credentials, no real account).
+    # And the moto server too: started later, by the S3 test, it would be among the processes
+    # local_ray finds left behind.
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("another Ray instance is connected in this process")
-    start_local_ray(num_cpus=2)
-    try:
-        assert ray._private.worker.global_worker.node.node_ip_address == "127.0.0.1"
-        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        yield ray
-    finally:
-        ray.shutdown()
+    with local_ray(num_cpus=2) as run:
+        yield run.ray
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +194,9 @@ def test_jsonl_torch_two_passes(images, ray_cluster, backend, tmp_path):
 
     # Ray traffic stayed on loopback: every established TCP connection of this process and of
     # the processes Ray started is 127.0.0.1 <-> 127.0.0.1.
-    peers = _established_peers({os.getpid(), *_descendants(os.getpid())})
+    peers = established({os.getpid(), *descendants(os.getpid())})
     assert peers, "no TCP connections seen: the check would prove nothing"
-    assert all(a in _LOOPBACK and b in _LOOPBACK for a, b in peers), peers
+    assert all(is_loopback(a) and is_loopback(b) for a, b in peers), peers
 
 
 def test_parquet_onnx_via_cli(images, ray_cluster, tmp_path):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.integration.processes import LISTEN, free_port, is_loopback, listening_on, local_ray, tcp_sockets
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +21,6 @@ pytest.importorskip("torch")
 pytest.importorskip("kvpress")
 
 NEEDLE = "The access code for the vault is 4817."
-LOOPBACK4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
-LOOPBACK6 = ("00000000000000000000000001000000", "0000000000000000FFFF00000100007F")  # ::1, ::ffff:127.0.0.1
 
 
 def _context() -> str:
@@ -38,73 +36,6 @@ def _context() -> str:
     return f"{text[:middle]} {NEEDLE} {text[middle:]}"
 
 
-# ---------------------------------------------------------------- processes and sockets
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _tcp_sockets(pids: set[int]) -> list[tuple[str, str, str, int]]:
-    """(local address, remote address, state, pid) of every TCP socket the processes hold."""
-    owner: dict[str, int] = {}
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                owner[target[8:-1]] = pid
-    out = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if cols[9] in owner:
-                out.append((cols[1], cols[2], cols[3], owner[cols[9]]))
-    return out
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0]
-    return host == LOOPBACK4 or host in LOOPBACK6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------- the served worker
 
 
@@ -116,59 +47,32 @@ def served():
         ensure_packaged_model(progress=lambda _: None)
     except ModelNotAvailableError as exc:
         pytest.skip(f"SmolLM2 not available: {exc}")
-    # Checked here (2.60): `_node_ip_address="127.0.0.1"` alone still registers the node on
-    # the routable interface; this variable makes Ray take the loopback address as the
-    # node's, for the driver (read when ray is imported) and the processes it starts.
-    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
-    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'edgecache[serve]'")
+    pytest.importorskip("ray", reason="ray is not installed: pip install 'edgecache[serve]'")
     from ray import serve
-    from ray._private import ray_constants
 
     from edgecache.llm.worker import app
 
-    # ray may have been imported earlier in this session without the variable.
-    imported_with = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    before = _descendants(os.getpid())
-    port = _free_port()
-    pids: list[int] = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        t0 = time.perf_counter()
-        serve.run(
-            app(
-                press="snapkv",
-                budget=0.5,
-                num_cpus=1,
-                torch_threads=1,
-                max_context_tokens=2048,
-                max_new_tokens=8,
-                default_max_tokens=8,
-            ),
-            name="llm",
-            route_prefix="/llm",
-        )
-        pids = sorted(_descendants(os.getpid()) - before)
-        yield {"port": port, "ray": ray, "pids": pids, "deploy_s": time.perf_counter() - t0}
-    finally:
+    port = free_port()
+    with local_ray(num_cpus=2) as run:
         try:
-            serve.shutdown()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            t0 = time.perf_counter()
+            serve.run(
+                app(
+                    press="snapkv",
+                    budget=0.5,
+                    num_cpus=1,
+                    torch_threads=1,
+                    max_context_tokens=2048,
+                    max_new_tokens=8,
+                    default_max_tokens=8,
+                ),
+                name="llm",
+                route_prefix="/llm",
+            )
+            yield {"port": port, "ray": run.ray, "pids": run.pids(), "deploy_s": time.perf_counter() - t0}
         finally:
-            pids = sorted(_descendants(os.getpid()) - before)
-            ray.shutdown()
-            ray_constants.ENABLE_RAY_CLUSTER = imported_with
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
-    assert pids, "no Ray processes were seen: the check below would prove nothing"
-    assert not [p for p in pids if _alive(p)], "Ray processes left behind"
+            serve.shutdown()
 
 
 def _http(port, method, path, body=None, ctype="application/json", raw=False):
@@ -191,10 +95,8 @@ def test_node_and_http_on_loopback(served):
     ray = served["ray"]
     assert ray._private.worker.global_worker.node.node_ip_address == "127.0.0.1"
     assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-    port_hex = f"{served['port']:04X}"
-    listening = [a for a, _, state, _ in _tcp_sockets(set(served["pids"])) if state == "0A"]
-    http_listeners = [a for a in listening if a.endswith(":" + port_hex)]
-    assert http_listeners and all(_is_loopback(a) for a in http_listeners), http_listeners
+    http_listeners = listening_on(served["port"], served["pids"])
+    assert http_listeners and all(is_loopback(a) for a in http_listeners), http_listeners
 
 
 def test_models_and_completion(served):
@@ -293,8 +195,8 @@ def test_all_traffic_stayed_on_loopback(served):
     """Every connected TCP socket Ray's processes hold, after the traffic above, has both
     ends on 127.0.0.1. (Ray's gRPC servers still *listen* on all interfaces; nothing
     connects to them from outside.)"""
-    sockets = _tcp_sockets(set(served["pids"]))
-    connected = [(a, b, pid) for a, b, state, pid in sockets if state != "0A"]
+    sockets = tcp_sockets(served["pids"])
+    connected = [(a, b, pid) for a, b, state, pid in sockets if state != LISTEN]
     assert len(connected) > 5, "too few sockets seen: the check would prove nothing"
-    outside = [(a, b, pid) for a, b, pid in connected if not (_is_loopback(a) and _is_loopback(b))]
+    outside = [(a, b, pid) for a, b, pid in connected if not (is_loopback(a) and is_loopback(b))]
     assert not outside, outside

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
-import socket
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +24,7 @@ import pytest
 from edgecache.adapters import TFUPAdapter, TFUPConfig, ensemble_prompts
 from edgecache.adapters.serve import RequestError, ServeConfig, TFUPService, parse_request
 from edgecache.adapters.tfup import AdapterFileError
+from tests.integration.processes import free_port, listening_on, local_ray
 
 pytestmark = pytest.mark.integration
 
@@ -182,38 +180,6 @@ def test_image_backend_factories(image_adapter, tmp_path):
 # ---------------------------------------------------------------- real Ray Serve over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.fixture(scope="module")
 def clinc_adapter(tmp_path_factory):
     from edgecache.encoder import load_encoder
@@ -241,86 +207,59 @@ def clinc_adapter(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(clinc_adapter, image_adapter):
-    # Read when ray is imported: with it the node registers on 127.0.0.1 instead of the
-    # machine's routable address (../shared/ENVIRONMENT.md, "Ray 2.60").
-    saved_env = {
-        k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")
-    }
-    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
-    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'edgecache[serve]'")
+    pytest.importorskip("ray", reason="ray is not installed: pip install 'edgecache[serve]'")
     from ray import serve
 
     from edgecache.adapters.serve import app
 
-    # Processes other fixtures started (the session's moto server) are not Ray's.
-    before = set(_descendants(os.getpid()))
     t0 = time.perf_counter()
-    ray.init(
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    port = _free_port()
-    try:
-        # ray.util.get_node_ip_address() still names the routable interface; the node itself is
-        # registered on loopback (Ray's own gRPC ports listen on all interfaces regardless).
-        assert ray._private.worker.global_worker.node.node_ip_address == "127.0.0.1"
-        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        small = {"ray_actor_options": {"num_cpus": 0.5}}
-        serve.run(
-            app(
-                clinc_adapter["path"], deployment_options=small, max_texts=16, backend_options={"threads": 1}
-            ),
-            name="tfup",
-            route_prefix="/tfup",
-        )
-        serve.run(
-            app(
-                clinc_adapter["path"],
-                deployment_options={**small, "name": "TFUPClassifierRefresh"},
-                refresh=True,
-                refresh_every=20,
-                refresh_buffer=64,
-            ),
-            name="tfup-refresh",
-            route_prefix="/tfup-refresh",
-        )
-        if image_adapter is not None:
+    port = free_port()
+    with local_ray(num_cpus=2):
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            small = {"ray_actor_options": {"num_cpus": 0.5}}
             serve.run(
                 app(
-                    image_adapter["path"],
-                    deployment_options={**small, "name": "TFUPImageClassifier"},
-                    backend="edgecache.adapters.openclip:tiny_backend",
-                    backend_options={"seed": 0, "threads": 1},
-                    max_batch_size=8,
-                    batch_wait_timeout_s=0.05,
+                    clinc_adapter["path"],
+                    deployment_options=small,
+                    max_texts=16,
+                    backend_options={"threads": 1},
                 ),
-                name="tfup-image",
-                route_prefix="/tfup-image",
+                name="tfup",
+                route_prefix="/tfup",
             )
-        pids = [p for p in _descendants(os.getpid()) if p not in before]
-        yield {"port": port, "startup_s": time.perf_counter() - t0, "image": image_adapter, **clinc_adapter}
-    finally:
-        try:
-            serve.shutdown()
+            serve.run(
+                app(
+                    clinc_adapter["path"],
+                    deployment_options={**small, "name": "TFUPClassifierRefresh"},
+                    refresh=True,
+                    refresh_every=20,
+                    refresh_buffer=64,
+                ),
+                name="tfup-refresh",
+                route_prefix="/tfup-refresh",
+            )
+            if image_adapter is not None:
+                serve.run(
+                    app(
+                        image_adapter["path"],
+                        deployment_options={**small, "name": "TFUPImageClassifier"},
+                        backend="edgecache.adapters.openclip:tiny_backend",
+                        backend_options={"seed": 0, "threads": 1},
+                        max_batch_size=8,
+                        batch_wait_timeout_s=0.05,
+                    ),
+                    name="tfup-image",
+                    route_prefix="/tfup-image",
+                )
+            yield {
+                "port": port,
+                "startup_s": time.perf_counter() - t0,
+                "image": image_adapter,
+                **clinc_adapter,
+            }
         finally:
-            pids = [p for p in _descendants(os.getpid()) if p not in before]
-            ray.shutdown()
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    # Under load (CI runs this beside other suites) Ray's workers take a while to exit.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
-    assert pids, "no Ray processes were seen: the check below would prove nothing"
-    left = [p for p in pids if _alive(p)]
-    assert not left, f"Ray processes left behind: {left}"
+            serve.shutdown()
 
 
 def _http(port, method, path, body=None, ctype="application/json"):
@@ -342,18 +281,8 @@ def test_http_bound_to_loopback(served):
     details = serve.status()
     assert details.applications["tfup"].status == "RUNNING"
     # the HTTP proxy listens on loopback only: every listening socket on the port is 127.0.0.1
-    port_hex = f"{served['port']:04X}"
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and local.endswith(":" + port_hex):
-                listening.append(local.split(":")[0])
-    assert listening and set(listening) == {"0100007F"}, listening
+    listening = listening_on(served["port"])
+    assert listening and {a.split(":")[0] for a in listening} == {"0100007F"}, listening
 
 
 def test_classify_matches_adapter(served):

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("kvpress")
 
 from edgecache.llm.presses import PRESSES, make_press  # noqa: E402
+from edgecache.llm.presses.measure import HEAD_MASK_ATTRIBUTES  # noqa: E402
 from edgecache.llm.testing import _CORPUS, tiny_model  # noqa: E402
 from edgecache.llm.worker import (  # noqa: E402
-    HEAD_MASK_ATTRIBUTES,
     CompressedContext,
     ContextCache,
     LLMService,

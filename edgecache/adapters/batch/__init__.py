@@ -37,17 +37,16 @@ tasks and the embedding actors were busy (images per busy second = the engine's 
 Output rows: path, label, score (TFUP probability), zero_shot_label, zero_shot_score, top_k
 (list of {label, score}), and the embedding when asked (`include_embeddings`).
 
-Ray: `address=None` starts a local cluster bound to 127.0.0.1 (see `start_local_ray`) unless
+Ray: `address=None` starts a local cluster bound to 127.0.0.1 (`edgecache.raycluster`) unless
 this process is already connected; an address ("auto", "ray://head:10001", "host:6379") joins
 an existing cluster. S3: boto3 (`edgecache.aws_stores.make_client`), credentials from the
 environment of every process (driver and workers), `endpoint_url` for an S3-compatible server.
 
 Modules: `config` (BatchJobConfig), `storage` (local/S3 listing, reading, writing), `model` (the
 driver's model and the tower it ships), `decode` + `embedding` (pass 1), `fit`, `classify`
-(pass 2), `output` (the JSONL/Parquet file), `summary`, `cluster` (Ray), `job` (run_batch_job).
+(pass 2), `output` (the JSONL/Parquet file), `summary`, `job` (run_batch_job).
 """
 
-from .cluster import start_local_ray
 from .config import DEFAULT_TEMPLATES, BatchJobConfig
 from .errors import BatchJobError
 from .fit import Pass1, fit_from_batches
@@ -65,5 +64,4 @@ __all__ = [
     "fit_from_batches",
     "list_inputs",
     "run_batch_job",
-    "start_local_ray",
 ]

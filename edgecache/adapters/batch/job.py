@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, InvalidInputError
+from ...raycluster import connect_ray
 from .classify import classify_batch
-from .cluster import connect_ray
 from .config import BatchJobConfig
 from .decode import load_batch
 from .embedding import Embedder, probe_images
@@ -56,7 +56,7 @@ def run_batch_job(
     expected = backend.embed_pil([_pil(x) for x in probe])
     fingerprint = backend.fingerprint
 
-    started = connect_ray(config)
+    started = connect_ray(config.address, config.num_cpus)
     try:
         import ray
 

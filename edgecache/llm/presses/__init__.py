@@ -19,7 +19,7 @@ Our presses share three conventions, chosen to match how kvpress's own presses b
   serves several query heads, so query-head scores are averaged over each KV head's group
   before any choice is made.
 
-Modules: `registry` (make_press, PRESSES), `windowkv`, `compresskv`, `taskkv`, `sentencekv`
+Modules: `registry` (make_press, press_spec, PRESSES), `windowkv`, `compresskv`, `taskkv`, `sentencekv`
 (our presses), `selection` (their base), `scoring` and `budgets` (shared helpers), `measure`
 (kv_entries, kv_bytes), `masks` (the attention patch for uneven caches, applied on import).
 """
@@ -30,7 +30,7 @@ from . import masks  # noqa: F401
 from .budgets import allocate_budgets
 from .compresskv import CompressKVPress
 from .measure import kv_bytes, kv_entries
-from .registry import PRESSES, PressSpec, make_press, validate_budget
+from .registry import PRESSES, PressSpec, make_press, press_spec, validate_budget
 from .sentencekv import SentenceKVPress, sentence_boundary_ids, sentence_spans
 from .taskkv import TaskKVPress
 from .windowkv import TASKS, WindowKVPress, classify_task
@@ -48,6 +48,7 @@ __all__ = [
     "kv_bytes",
     "kv_entries",
     "make_press",
+    "press_spec",
     "sentence_boundary_ids",
     "sentence_spans",
     "validate_budget",

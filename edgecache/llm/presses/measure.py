@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["HEAD_MASK_ATTRIBUTES", "decoder_layers", "kv_bytes", "kv_entries"]
+
+# Where head-wise presses leave per-head masks on the attention modules until the next prefill:
+# kvpress's own (AdaKV, DuoAttention...) and ours (TaskKV). The worker saves and restores them
+# with each cached context; kv_entries subtracts the positions they hide.
+HEAD_MASK_ATTRIBUTES = ("masked_key_indices", "edgecache_masked_keys")
+
 
 def decoder_layers(model) -> list:
     inner = model.model if hasattr(model, "model") else model
@@ -21,7 +28,7 @@ def kv_entries(model, cache) -> torch.Tensor:
     for layer, cache_layer in zip(decoder_layers(model), cache.layers, strict=False):
         keys = cache_layer.keys
         counts = torch.full((keys.shape[1],), keys.shape[2], dtype=torch.long)
-        for attr in ("edgecache_masked_keys", "masked_key_indices"):
+        for attr in HEAD_MASK_ATTRIBUTES:
             masked = getattr(layer.self_attn, attr, None)
             if masked is not None:
                 batch_idx, head_idx, _ = masked

@@ -84,6 +84,13 @@ def validate_budget(budget: Any) -> float:
     return float(budget)
 
 
+def press_spec(name: str) -> PressSpec:
+    """The registry's entry for `name` (any case), or a ConfigError naming the choices."""
+    if not isinstance(name, str) or name.lower() not in PRESSES:
+        raise ConfigError(f"unknown press {name!r}; choose one of {', '.join(PRESSES)}")
+    return PRESSES[name.lower()]
+
+
 def make_press(name: str, budget: float = 1.0, *, tokenizer: Any = None, **options: Any) -> BasePress | None:
     """A press keeping `budget` (fraction in (0, 1]) of the KV cache; None for "full".
 
@@ -91,9 +98,7 @@ def make_press(name: str, budget: float = 1.0, *, tokenizer: Any = None, **optio
     (SentenceKV: sentence-ending tokens); other options are the press's dataclass fields
     (e.g. `window_size`, `task` for WindowKV).
     """
-    if not isinstance(name, str) or name.lower() not in PRESSES:
-        raise ConfigError(f"unknown press {name!r}; choose one of {', '.join(PRESSES)}")
-    spec = PRESSES[name.lower()]
+    spec = press_spec(name)
     budget = validate_budget(budget)
     if spec.factory is None:
         if options:
