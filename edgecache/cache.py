@@ -25,7 +25,7 @@ from .eviction import STRATEGIES
 from .guards import veto
 from .load import LoadSignal
 from .results import CacheStats, Entry, LookupResult
-from .stores import MemoryStore, Store, VersionedStore, backoff, check_user, user_key
+from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
 from .vectorindex import VectorIndex
 
@@ -38,9 +38,6 @@ def context_text(turns: list[str], keep: int) -> str:
     return "\n".join(turns[-keep:])
 
 
-# Conflicting concurrent saves of one user's cache before giving up; each retry merges
-# and backs off (stores.backoff) so that the writers stop colliding.
-MAX_SAVE_ATTEMPTS = 16
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
 
 
@@ -555,7 +552,8 @@ class SemanticCache:
             self.store.put(self.key, data)
             self._synced(added, removed, None)
             return
-        for attempt in range(MAX_SAVE_ATTEMPTS):
+        # Each lost write merges the other writer's snapshot and backs off before retrying.
+        for attempt in range(WRITE_ATTEMPTS):
             if attempt:
                 backoff(attempt - 1)
             with self._lock:
@@ -573,7 +571,7 @@ class SemanticCache:
                 continue
             self._synced(added, removed, version)
             return
-        raise ConflictError(f"could not save {self.key}: {MAX_SAVE_ATTEMPTS} concurrent writes in a row")
+        raise ConflictError(f"could not save {self.key}: {WRITE_ATTEMPTS} concurrent writes in a row")
 
     def _synced(self, added: set[int], removed: set[int], version: str | None) -> None:
         """Forget the changes that the snapshot just written contains."""

@@ -67,9 +67,12 @@ def _version_of(data: bytes) -> str:
 # From the OS: processes restored from one snapshot (Lambda SnapStart) must not share a
 # pseudo-random sequence, or their retries would collide in lockstep.
 _JITTER = random.SystemRandom()
+# Conditional writes lost in a row before giving up. Generous because a writer that loses is
+# one whose read-merge-encode was slow, which is what a loaded machine makes of every writer.
+WRITE_ATTEMPTS = 50
 
 
-def backoff(lost: int, base_delay: float = 0.005, max_delay: float = 0.5) -> None:
+def backoff(lost: int, base_delay: float = 0.01, max_delay: float = 0.5) -> None:
     """Wait before retrying a conditional write lost `lost` times: "full jitter" exponential
     backoff, so writers that collided once do not collide again in lockstep."""
     time.sleep(_JITTER.uniform(0.0, min(max_delay, base_delay * 2 ** min(lost, 16))))
@@ -80,7 +83,7 @@ def update_versioned(
     key: str,
     change: Callable[[bytes | None], bytes],
     *,
-    attempts: int = 50,
+    attempts: int = WRITE_ATTEMPTS,
     base_delay: float = 0.01,
     max_delay: float = 0.5,
 ) -> bytes:
