@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-import tomllib
 from pathlib import Path
 
-from .config import CacheConfig
+from .config import CacheConfig, read_settings
 from .errors import EdgecacheError
 from .home import edgecache_home
 from .raycluster import is_loopback_host
 
 DEFAULT_RESULTS = Path("benchmarks/results")
-
-
-def read_settings(path: str) -> dict:
-    """The settings a --config file holds: TOML when it ends in .toml, else JSON."""
-    p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise EdgecacheError(f"cannot read config {p}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise EdgecacheError(f"config {p} must hold a table/object of settings")
-    return raw
 
 
 def load_config(path: str | None) -> CacheConfig:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import tomllib
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from .decision import Thresholds
-from .errors import ConfigError
+from .errors import ConfigError, EdgecacheError
 from .policy import Policy, refuse_unknown_keys
 
 DTYPES = ("f32", "f16", "i8")
@@ -81,3 +84,15 @@ class CacheConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["policy"] = self.policy.to_dict()
         return out
+
+
+def read_settings(path: str) -> dict:
+    """The settings a --config file holds: TOML when it ends in .toml, else JSON."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgecacheError(f"cannot read config {p}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise EdgecacheError(f"config {p} must hold a table/object of settings")
+    return raw

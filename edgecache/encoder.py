@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from ._native import onnxruntime as ort
 from .errors import ModelNotBuiltError
-from .home import DEFAULT_MODEL_NAME, models_dir, sha256_file
+from .home import DEFAULT_MODEL_NAME, models_dir, read_current, sha256_file
 
 TOKENIZER_FILE = "tokenizer.json"
 MAX_TOKENS = 256
@@ -82,14 +82,14 @@ class Encoder:
 
 def current_model_dir(home: Path | None = None, name: str = DEFAULT_MODEL_NAME) -> Path:
     root = models_dir(home) / name
-    pointer = root / "CURRENT"
-    if not pointer.is_file():
+    folder = read_current(root)
+    if folder is None:
         raise ModelNotBuiltError(
             f"no built encoder under {root}. Build it once with:\n"
             "    pip install 'edgecache[build]' && edgecache model build\n"
             "(set EDGECACHE_HOME to choose where it goes)"
         )
-    return root / pointer.read_text().strip()
+    return folder
 
 
 def load_encoder(

@@ -14,7 +14,7 @@ class ConfigError(EdgecacheError, ValueError):
 
 
 class ModelNotBuiltError(EdgecacheError, FileNotFoundError):
-    """The ONNX encoder has not been built into EDGECACHE_HOME yet."""
+    """A model (the ONNX encoder, the packaged LLM) has not been built into EDGECACHE_HOME yet."""
 
 
 class SnapshotError(EdgecacheError):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import TOKENIZER_FILE, Encoder, configure_tokenizer
-from .home import DEFAULT_MODEL_NAME, models_dir, sha256_file
+from .home import DEFAULT_MODEL_NAME, install_content_addressed, models_dir, sha256_file, write_current
 
 # Chosen by measurement (benchmarks/quantization.py, results in benchmarks/results/):
 # per-channel int8 weights keep cosine to fp32 >= 0.95 where per-tensor falls to 0.85.
@@ -200,21 +200,11 @@ def build_model(
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         progress(f"[4/{steps}] installing {digest[:12]} ... ({time.perf_counter() - t0:.1f}s)")
-        final = target_root / digest[:16]
-        # Content-addressed: an existing folder of this hash already holds these bytes
-        # (and may be in use), so it is kept rather than replaced.
-        if not final.exists():
-            os.replace(tmp, final)
+        final = install_content_addressed(target_root, tmp, digest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _write_current(target_root, final.name)
+    write_current(target_root, final.name)
     return BuiltModel(final, digest, recipe, float(cos.min()), float(cos.mean()))
-
-
-def _write_current(root: Path, folder: str) -> None:
-    tmp = root / "CURRENT.tmp"
-    tmp.write_text(folder + "\n")
-    os.replace(tmp, root / "CURRENT")
 
 
 __all__ = ["DEFAULT_RECIPE", "RECIPES", "BuiltModel", "build_model", "configure_tokenizer"]

