@@ -52,7 +52,6 @@ import base64
 import binascii
 import importlib
 import itertools
-import json
 import math
 import threading
 from collections import deque
@@ -64,6 +63,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import ConfigError, InvalidInputError
+from ..httperrors import (
+    RequestError,
+    check_body_length,
+    check_declared_length,
+    decode_json_body,
+    media_type,
+)
+from ..settings_strings import dataclass_from_strings
 from .tfup import AdapterFileError, TFUPAdapter
 
 Item = str | bytes
@@ -80,17 +87,6 @@ __all__ = [
     "make_backend",
     "parse_request",
 ]
-
-
-class RequestError(InvalidInputError):
-    """A request the classifier refuses; `status` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
 
 
 # ---------------------------------------------------------------- backends
@@ -248,9 +244,8 @@ def parse_request(
     query_top_k: str | None = None,
 ) -> tuple[list[Item], int]:
     """(items, top_k) from an HTTP request body, or a RequestError saying what is wrong."""
-    if len(body) > config.max_body_bytes:
-        raise RequestError(413, "body_too_large", f"request body over {config.max_body_bytes} bytes")
-    media = (content_type or "").split(";")[0].strip().lower()
+    check_body_length(len(body), config.max_body_bytes)
+    media = media_type(content_type)
     no_images = RequestError(
         415,
         "unsupported_media",
@@ -264,13 +259,10 @@ def parse_request(
             raise RequestError(400, "empty", "empty image body")
         items: list[Item] = [bytes(body)]
         payload: dict[str, Any] = {}
-    elif media in ("", "application/json") or media.endswith("+json"):
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise RequestError(400, "bad_request", "request body must be a JSON object")
+    else:
+        # A 415 for a media type that is not JSON either; a 400 for a body that is not a
+        # UTF-8 JSON object.
+        payload = decode_json_body(body, content_type, config.max_body_bytes)
         unknown = set(payload) - _BODY_FIELDS
         if unknown:
             raise RequestError(400, "bad_request", f"unknown fields {sorted(unknown)}; use text or texts")
@@ -311,8 +303,6 @@ def parse_request(
                     items.append(base64.b64decode(x, validate=True))
                 except (binascii.Error, ValueError):
                     raise RequestError(400, "bad_image", f"{key}[{i}] is not base64") from None
-    else:
-        raise RequestError(415, "unsupported_media", f"content type {media!r}: send application/json")
     if "top_k" in payload and query_top_k is not None:
         raise RequestError(400, "bad_top_k", "top_k given both in the body and the query")
     if "top_k" in payload:
@@ -521,15 +511,7 @@ class TFUPClassifier:
                 status_code=405,
             )
         try:
-            declared = request.headers.get("content-length")
-            if (
-                declared is not None
-                and declared.isdigit()
-                and int(declared) > self.service.config.max_body_bytes
-            ):
-                raise RequestError(
-                    413, "body_too_large", f"request body over {self.service.config.max_body_bytes} bytes"
-                )
+            check_declared_length(request.headers, self.service.config.max_body_bytes)
             body = await request.body()
             items, k = self.service.parse(
                 body, request.headers.get("content-type", ""), request.query_params.get("top_k")
@@ -563,19 +545,8 @@ def build_app(args: dict[str, Any]) -> Any:
     """Application builder for `serve run edgecache.adapters.serve:build_app adapter_path=...`
     and Serve config files (`args` = the ServeConfig fields; CLI values arrive as strings)."""
     args = dict(args)
-    for name in ServeConfig.__dataclass_fields__:
-        value = args.get(name)
-        if not isinstance(value, str):
-            continue
-        if name == "refresh":
-            args[name] = value.strip().lower() in ("1", "true", "yes", "on")
-        elif name == "batch_wait_timeout_s":
-            args[name] = float(value)
-        elif name == "backend_options":
-            args[name] = json.loads(value)
-        elif name not in ("adapter_path", "backend", "target_features_path"):
-            args[name] = int(value)
-    path = args.pop("adapter_path", None)
-    if not path:
+    deployment_options = args.pop("deployment_options", None)
+    if not args.get("adapter_path"):
         raise ConfigError("build_app needs adapter_path")
-    return app(path, **args)
+    cfg = dataclass_from_strings(ServeConfig, args).to_dict()
+    return app(cfg.pop("adapter_path"), deployment_options, **cfg)

@@ -20,12 +20,13 @@ OpenAI does.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from ..errors import ConfigError, InvalidInputError
+from ..errors import ConfigError
+from ..httperrors import RequestError, decode_json_body
+from ..settings_strings import dataclass_from_strings
 
 Kind = Literal["completion", "chat"]
 ROLES = ("system", "developer", "user", "assistant")
@@ -38,17 +39,6 @@ __all__ = [
     "decode_json_body",
     "parse_request",
 ]
-
-
-class RequestError(InvalidInputError):
-    """A request the worker refuses; `status` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
 
 
 # ---------------------------------------------------------------- configuration
@@ -154,40 +144,10 @@ class WorkerConfig:
     @classmethod
     def from_strings(cls, args: dict[str, Any]) -> WorkerConfig:
         """From `serve run ... key=value` arguments, where every value arrives as a string."""
-        out: dict[str, Any] = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for name, value in args.items():
-            kind = types.get(name)
-            if not isinstance(value, str) or kind is None:
-                out[name] = value
-            elif kind == "bool":
-                out[name] = value.strip().lower() in ("1", "true", "yes", "on")
-            elif kind in ("int", "int | None") and value.strip().lower() in ("", "none", "null"):
-                out[name] = None
-            elif kind in ("int", "int | None"):
-                out[name] = _convert(name, value, int)
-            elif kind == "float":
-                out[name] = _convert(name, value, float)
-            elif kind == "str | None" and value.strip().lower() in ("", "none", "null"):
-                out[name] = None
-            elif kind.startswith("dict"):
-                try:
-                    out[name] = json.loads(value)
-                except ValueError:
-                    raise ConfigError(f"WorkerConfig.{name}: {value!r} is not JSON") from None
-            else:
-                out[name] = value
-        return cls.from_dict(out)
+        return dataclass_from_strings(cls, args)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _convert(name: str, value: str, kind: type) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"WorkerConfig.{name}: {value!r} is not a {kind.__name__}") from None
 
 
 # ---------------------------------------------------------------- parsed requests
@@ -217,7 +177,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     model: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    include_usage: bool = False
 
 
 _COMMON = {
@@ -252,26 +212,6 @@ _ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
     "functions": (None, []),
 }
 MAX_STOP = 4
-
-
-def decode_json_body(body: bytes, content_type: str, max_body_bytes: int) -> dict[str, Any]:
-    """The JSON object in a request body, or a RequestError (413, 415, 400) saying why not."""
-    if len(body) > max_body_bytes:
-        raise RequestError(413, "body_too_large", f"request body over {max_body_bytes} bytes")
-    media = (content_type or "").split(";")[0].strip().lower()
-    if media not in ("", "application/json") and not media.endswith("+json"):
-        raise RequestError(415, "unsupported_media", f"content type {media!r}: send application/json")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RequestError(400, "bad_encoding", f"request body is not UTF-8: {exc}") from None
-    try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        raise RequestError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise RequestError(400, "bad_request", "request body must be a JSON object")
-    return payload
 
 
 def _string(name: str, value: Any, *, allow_empty: bool = False) -> str:
@@ -428,7 +368,7 @@ def parse_request(body: bytes, content_type: str, kind: Kind, config: WorkerConf
     if payload.get("stream_options") is not None and not isinstance(payload["stream_options"], dict):
         raise RequestError(400, "bad_type", "stream_options must be an object")
     if payload.get("stream_options") and payload["stream_options"].get("include_usage"):
-        out["extra"] = {"include_usage": True}
+        out["include_usage"] = True
     if payload.get("model") is not None:
         out["model"] = _string("model", payload["model"])
     if payload.get("user") is not None:

@@ -53,17 +53,18 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InvalidInputError
-from .protocol import GenerationRequest, Kind, RequestError, WorkerConfig, parse_request
+from ..errors import ConfigError
+from ..httperrors import RequestError, check_declared_length
+from .model import PACKAGED_NAME
+from .protocol import GenerationRequest, Kind, WorkerConfig, parse_request
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_MODEL_NAME = "smollm2-135m-instruct"
 ROUTES: dict[str, Kind] = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
 
 __all__ = [
@@ -293,7 +294,7 @@ def _served_name(model: str | None) -> str:
     """The id `/v1/models` shows: a built copy's manifest name (its folder is a content
     hash), a folder's name, or the hub id."""
     if model is None:
-        return PACKAGED_MODEL_NAME
+        return PACKAGED_NAME
     path = Path(model).expanduser()
     if not path.exists():
         return model
@@ -308,19 +309,9 @@ class LLMService:
     """Model + tokenizer + press registry + context LRU: what one replica runs, without Ray.
 
     loaded: an `edgecache.llm.model.LoadedModel` (default: `load_model(config.model, ...)`).
-    press_factory: `make_press(name, budget)` (default: `edgecache.llm.presses.make_press`);
-        returns a kvpress press, or None for no compression.
-    press_names: the names the factory knows, to tell a bad name from a bad budget in
-        error codes (default: `edgecache.llm.presses.PRESSES`).
     """
 
-    def __init__(
-        self,
-        config: WorkerConfig | dict[str, Any] | None = None,
-        loaded: Any = None,
-        press_factory: Callable[..., Any] | None = None,
-        press_names: Any = None,
-    ) -> None:
+    def __init__(self, config: WorkerConfig | dict[str, Any] | None = None, loaded: Any = None) -> None:
         if config is None:
             config = WorkerConfig()
         self.config = config if isinstance(config, WorkerConfig) else WorkerConfig.from_dict(config)
@@ -338,13 +329,6 @@ class LLMService:
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, str(loaded.device)
         self.source = str(loaded.source)
         self.model_name = self.config.model_name or default_name
-        if press_factory is None:
-            from . import presses
-
-            press_factory = self._registry_press
-            press_names = set(presses.PRESSES) if press_names is None else press_names
-        self._press_factory = press_factory
-        self.press_names = frozenset(press_names) if press_names is not None else None
         limit = getattr(self.model.config, "max_position_embeddings", None)
         self.max_context_tokens = min(
             self.config.max_context_tokens, int(limit or self.config.max_context_tokens)
@@ -368,27 +352,21 @@ class LLMService:
 
     # ------------------------------------------------------------ presses
 
-    def _registry_press(self, name: str, budget: float) -> Any:
+    def make_press(self, name: str, budget: float) -> Any:
+        """The press for (name, budget) (None for "full"), or a 400 RequestError naming what
+        is wrong. The budget is already validated (`WorkerConfig`, `protocol._press`)."""
         from .presses import make_press
 
         # The configured options belong to the configured press; another press a request
         # picks runs with its defaults. The tokenizer is for presses that read text
         # structure (SentenceKV).
         options = self.config.press_options if name == self.config.press else {}
-        return make_press(name, budget, tokenizer=self.tokenizer, **options)
-
-    def make_press(self, name: str, budget: float) -> Any:
-        """The press for (name, budget), or a 400 RequestError naming what is wrong."""
-        if name == "full":
-            return None
-        if self.press_names is not None and name not in self.press_names:
-            known = ", ".join(sorted({*self.press_names, "full"}))
-            raise RequestError(400, "invalid_kv_press", f"unknown press {name!r}; choose one of {known}")
         try:
-            press = self._press_factory(name, budget)
-        except (InvalidInputError, ConfigError, ValueError, AssertionError) as exc:
-            code = "invalid_kv_press" if 0 < budget <= 1 else "invalid_kv_budget"
-            raise RequestError(400, code, f"press {name!r} with budget {budget}: {exc}") from None
+            press = make_press(name, budget, tokenizer=self.tokenizer, **options)
+        except ConfigError as exc:
+            raise RequestError(400, "invalid_kv_press", str(exc)) from None
+        if press is None:
+            return None
         from kvpress import DecodingPress, PrefillDecodingPress
 
         if isinstance(press, DecodingPress | PrefillDecodingPress):
@@ -667,7 +645,7 @@ class LLMService:
             return
         self._count(prepared, gen)
         yield chunk(None, gen.finish_reason)
-        if prepared.request.extra.get("include_usage"):
+        if prepared.request.include_usage:
             yield _sse(
                 {
                     **base,
@@ -764,11 +742,11 @@ class LLMWorker:
         if root and path.startswith(root):
             path = path[len(root) :]
         limit = self.service.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            error = RequestError(413, "body_too_large", f"request body over {limit} bytes")
-            self.service._error(413)
-            return JSONResponse(error.body(), status_code=413)
+        try:
+            check_declared_length(request.headers, limit)
+        except RequestError as error:
+            self.service._error(error.status)
+            return JSONResponse(error.body(), status_code=error.status)
         body = await request.body()
         ctype = request.headers.get("content-type", "")
         # The model runs in a thread so that the replica's event loop keeps answering

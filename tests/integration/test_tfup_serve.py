@@ -64,6 +64,8 @@ def test_parse_request_errors():
     assert parse_request(b'{"texts": ["a", "b"], "top_k": 2}', "", cfg, 4, text) == (["a", "b"], 2)
     assert parse_request(b'{"text": "a"}', "application/json", cfg, 4, text, "3")[1] == 3
     assert err(b"{nope") == (400, "bad_json")
+    assert err(b'{"text": "caf\xe9"}') == (400, "bad_encoding")  # latin-1, not UTF-8
+    assert err('{"text": "a"}'.encode("utf-16")) == (400, "bad_encoding")
     assert err(b"[1]") == (400, "bad_request")
     assert err(b"{}") == (400, "bad_request")
     assert err(b'{"text": "a", "texts": ["b"]}') == (400, "bad_request")
@@ -82,6 +84,26 @@ def test_parse_request_errors():
     assert err(b"\x89PNG....", "image/png") == (415, "unsupported_media")
     assert err(b'{"image": "aGk="}') == (415, "unsupported_media")
     assert err(b"a", "text/plain") == (415, "unsupported_media")
+
+
+def test_build_app_converts_strings():
+    pytest.importorskip("ray.serve")
+    from edgecache.adapters.serve import build_app
+    from edgecache.errors import ConfigError
+
+    args = {"adapter_path": "x.tfup", "refresh": "yes", "max_texts": "8", "batch_wait_timeout_s": "0.01"}
+    dep = build_app({**args, "backend_options": '{"threads": 2}'})._bound_deployment
+    assert ServeConfig.from_dict(dep.init_args[0]) == ServeConfig(
+        adapter_path="x.tfup",
+        refresh=True,
+        max_texts=8,
+        batch_wait_timeout_s=0.01,
+        backend_options={"threads": 2},
+    )
+    with pytest.raises(ConfigError, match="not a boolean"):
+        build_app({**args, "refresh": "ture"})
+    with pytest.raises(ConfigError, match="adapter_path"):
+        build_app({"refresh": "true"})
 
 
 def test_service_fingerprint_and_refresh(fake_adapter, tmp_path):

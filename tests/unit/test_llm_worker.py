@@ -8,7 +8,8 @@ import json
 import pytest
 
 from edgecache.errors import ConfigError
-from edgecache.llm.protocol import GenerationRequest, RequestError, WorkerConfig, parse_request
+from edgecache.httperrors import RequestError
+from edgecache.llm.protocol import GenerationRequest, WorkerConfig, parse_request
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("kvpress")
@@ -71,7 +72,7 @@ def test_parse_good_requests():
     assert req.messages[0].role == "system" and req.messages[1].content == "a\nb"
     assert (req.context, req.press, req.budget, req.stream, req.stop) == ("ctx", "knorm", 0.25, True, ("\n",))
     assert (req.max_tokens, req.temperature, req.seed, req.model) == (5, 0.7, 3, "m")
-    assert req.extra == {"include_usage": True}
+    assert req.include_usage is True
     full = parse_request(b'{"prompt": "x", "kv_press": "full", "kv_budget": 0.1}', "", "completion", cfg)
     assert (full.press, full.budget) == ("full", 1.0)
 
@@ -165,6 +166,10 @@ def test_worker_config():
     assert (cfg.torch_threads, cfg.press_options, cfg.num_gpus) == (1, {"window_size": 32}, 1.0)
     with pytest.raises(ConfigError, match="not a int"):
         WorkerConfig.from_strings({"max_new_tokens": "many"})
+    with pytest.raises(ConfigError, match="not a boolean"):
+        WorkerConfig.from_strings({"allow_press_override": "ture"})
+    with pytest.raises(ConfigError, match="unknown"):
+        WorkerConfig.from_strings({"presss": "x"})
 
 
 # ---------------------------------------------------------------- the LRU (no model)
@@ -495,7 +500,7 @@ def test_head_wise_press_masks_are_restored(tiny):
 
 def test_generation_request_defaults():
     req = GenerationRequest(kind="completion", press="full", budget=1.0, prompt="x")
-    assert req.max_tokens is None and req.stop == () and req.extra == {}
+    assert req.max_tokens is None and req.stop == () and req.include_usage is False
 
 
 def test_ray_app_takes_resources_from_the_config():
