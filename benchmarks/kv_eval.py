@@ -126,18 +126,15 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any
     base = defaults | (QUICK if args.quick else {})
     cfg = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in base.items()}
     cfg["depths"] = [d / 100 for d in cfg["depths"]]
-    unknown = [n for n in cfg["presses"] if n not in _press_names()]
-    if unknown:
-        raise SystemExit(f"unknown press(es) {unknown}; known: {sorted(_press_names())}")
-    if any(not 0 < b <= 1 for b in cfg["budgets"]):
-        raise SystemExit("budgets are fractions kept, in (0, 1]")
+    from edgecache.errors import ConfigError
+    from edgecache.llm.presses import press_spec, validate_budget
+
+    try:
+        cfg["presses"] = [press_spec(n).name for n in cfg["presses"]]
+        cfg["budgets"] = [validate_budget(b) for b in cfg["budgets"]]
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     return cfg
-
-
-def _press_names() -> set[str]:
-    from edgecache.llm.presses import PRESSES
-
-    return set(PRESSES)
 
 
 def load(model: str | None, device: str, dtype: str) -> Any:

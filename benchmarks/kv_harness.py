@@ -307,18 +307,15 @@ def score_answer(answer: str, expected: str) -> Score:
 # --------------------------------------------------------------------------- runner
 
 
-def cache_bytes(cache: Any) -> tuple[int, int]:
-    """(bytes of all key/value tensors held, mean tokens per layer) of a transformers Cache."""
-    total = 0
-    tokens: list[int] = []
-    for layer in getattr(cache, "layers", ()):
-        keys = getattr(layer, "keys", None)
-        values = getattr(layer, "values", None)
-        if keys is None or values is None or not hasattr(keys, "numel"):
-            continue
-        total += keys.numel() * keys.element_size() + values.numel() * values.element_size()
-        tokens.append(int(keys.shape[-2]))
-    return total, round(statistics.fmean(tokens)) if tokens else 0
+def kv_size(model: Any, cache: Any) -> tuple[int, int]:
+    """(bytes of the key/value tensors held, mean entries per layer and KV head that attention
+    reads) of a transformers Cache, counted by edgecache's own measure (`kv_bytes`,
+    `kv_entries`) as the worker does."""
+    from edgecache.llm.presses import kv_bytes, kv_entries
+
+    if not getattr(cache, "layers", None):
+        return 0, 0
+    return int(kv_bytes(model, cache)), round(float(kv_entries(model, cache).float().mean()))
 
 
 @dataclass
@@ -327,7 +324,7 @@ class _Meter:
     context (the press's hooks compress inside that call) and once per answer step after."""
 
     sync: Callable[[], None]
-    attended: Callable[[Any], int | None] = lambda cache: None
+    model: Any = None
     calls: int = 0
     t_start: float = 0.0
     t_prefill_end: float = 0.0
@@ -355,14 +352,16 @@ class _Meter:
     def _post(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         self.sync()
         now = time.perf_counter()
+        from edgecache.llm.presses import kv_bytes
+
         cache = kwargs.get("past_key_values") or getattr(output, "past_key_values", None)
-        nbytes, tokens = cache_bytes(cache) if cache is not None else (0, 0)
+        nbytes = int(kv_bytes(self.model, cache)) if cache is not None else 0
         self.kv_peak = max(self.kv_peak, nbytes)
         if self.calls == 0:
             self.t_prefill_end = now
-            self.kv_after_prefill = nbytes
-            self.kv_attended = self.attended(cache) if cache is not None else None
-            self.tokens_after_prefill = tokens
+            if cache is not None:
+                self.kv_after_prefill, self.tokens_after_prefill = kv_size(self.model, cache)
+                self.kv_attended = int(kv_bytes(self.model, cache, attended=True))
         self.t_last_end = now
         self.calls += 1
 
@@ -372,17 +371,6 @@ def make_pipeline(model: Any, tokenizer: Any) -> Any:
     from transformers import pipeline
 
     return pipeline("kv-press-text-generation", model=model, tokenizer=tokenizer, device=model.device)
-
-
-def _attended_bytes(model: Any, cache: Any) -> int | None:
-    """Bytes attention actually reads: head-wise presses (TaskKV, kvpress's AdaKV) mask
-    entries in a full-size tensor instead of removing them, so the tensors alone overstate
-    what they keep. None where edgecache's LLM extra is not importable."""
-    try:
-        from edgecache.llm.presses import kv_bytes
-    except ImportError:
-        return None
-    return int(kv_bytes(model, cache, attended=True))
 
 
 def run_sample(
@@ -418,7 +406,7 @@ def run_sample(
         torch.cat([q, tokenizer.encode(p, return_tensors="pt", add_special_tokens=False)], dim=1)
         for q, p in zip(inputs["questions_ids"], sample.prefixes, strict=True)
     ]
-    meter = _Meter(sync=sync, attended=lambda cache: _attended_bytes(pipe.model, cache))
+    meter = _Meter(sync=sync, model=pipe.model)
     meter.attach(pipe.model.model)
     try:
         with torch.inference_mode():

@@ -262,7 +262,7 @@ class OpenCLIPBackend:
         """A small randomly initialised CLIP (`TINY_CONFIG`), no download: for tests and CI."""
         torch = _torch()
         open_clip = _open_clip()
-        _register_tiny(open_clip)
+        register_model_config(TINY_MODEL, TINY_CONFIG)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=None)
@@ -341,11 +341,15 @@ class OpenCLIPBackend:
         return ensemble_prompts(e)
 
 
-def _register_tiny(open_clip: Any) -> None:
-    if open_clip.get_model_config(TINY_MODEL) is None:
+def register_model_config(name: str, config: dict[str, Any]) -> None:
+    """Make an open_clip model config (the tiny test model, a custom config shipped with a job)
+    known to `open_clip.create_model` under `name`, unless open_clip already knows that name.
+    The one place that writes open_clip's private config registry."""
+    open_clip = _open_clip()
+    if open_clip.get_model_config(name) is None:
         from open_clip import factory
 
-        factory._MODEL_CONFIGS[TINY_MODEL] = json.loads(json.dumps(TINY_CONFIG))
+        factory._MODEL_CONFIGS[name] = json.loads(json.dumps(config))
 
 
 # ---------------------------------------------------------------- ONNX
@@ -503,19 +507,21 @@ class OnnxImageBackend:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | bytes,
         preprocess: Callable[[Any], Any] | None = None,
         threads: int | None = None,
         batch_size: int = 64,
     ) -> None:
+        """`path`: the exported .onnx file, or its bytes (as shipped to batch workers)."""
         from .._native import onnxruntime as ort  # the onnxruntime-before-usearch import order
 
-        self.path = str(path)
+        model = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else str(path)
+        self.path = model if isinstance(model, str) else "<in-memory ONNX model>"
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.fingerprint = meta.get(_META_PREFIX + "fingerprint", "")
         self.model_name = meta.get(_META_PREFIX + "model_name", "")

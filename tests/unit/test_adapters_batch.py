@@ -104,3 +104,41 @@ def test_read_list_file(tmp_path):
         read_list_file(str(js), "templates")
     with pytest.raises(ConfigError, match="cannot read"):
         read_list_file(str(tmp_path / "missing.txt"), "class names")
+
+
+def _rows(n: int, dim: int = 4) -> dict[str, np.ndarray]:
+    return {
+        "path": np.asarray([f"img{i}.jpg" for i in range(n)], dtype=object),
+        "label": np.asarray(["a"] * n, dtype=object),
+        "score": np.full(n, 0.9),
+        "zero_shot_label": np.asarray(["b"] * n, dtype=object),
+        "zero_shot_score": np.full(n, 0.6),
+        "top_k_labels": np.asarray([["a", "b"]] * n, dtype=object),
+        "top_k_scores": np.full((n, 2), 0.5),
+        "embedding": np.zeros((n, dim), np.float32),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_aborted_output_leaves_no_file(tmp_path, fmt):
+    from edgecache.adapters.batch.output import ResultWriter
+
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    out = tmp_path / "sub" / f"labels.{fmt}"
+    config = BatchJobConfig(input="in/", output=str(out), class_names=("a", "b"))
+    writer = ResultWriter(config, dim=4)
+    writer.write(_rows(3))
+    writer.abort()  # the job failed mid-write
+    assert list(out.parent.iterdir()) == []
+
+    writer = ResultWriter(config, dim=4)
+    writer.write(_rows(2))
+    writer.commit()
+    first = out.read_bytes()
+    assert list(out.parent.iterdir()) == [out] and first
+
+    writer = ResultWriter(config, dim=4)  # a later run that fails keeps the earlier output
+    writer.write(_rows(5))
+    writer.abort()
+    assert list(out.parent.iterdir()) == [out] and out.read_bytes() == first

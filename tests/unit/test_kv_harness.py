@@ -187,8 +187,10 @@ def test_summarize_ratios_against_full_and_snapkv() -> None:
     assert rows[("full", "all")]["n_questions"] == 4
 
 
-def test_cache_bytes_counts_tensors() -> None:
+def test_kv_size_counts_tensors() -> None:
     torch = pytest.importorskip("torch")
+    pytest.importorskip("edgecache.llm.presses")
+    from types import SimpleNamespace
 
     class Layer:
         def __init__(self, n: int) -> None:
@@ -199,7 +201,8 @@ def test_cache_bytes_counts_tensors() -> None:
         def __init__(self) -> None:
             self.layers = [Layer(10), Layer(30)]
 
-    nbytes, tokens = kh.cache_bytes(Cache())
+    model = SimpleNamespace(layers=[SimpleNamespace(self_attn=SimpleNamespace()) for _ in range(2)])
+    nbytes, tokens = kh.kv_size(model, Cache())
     assert nbytes == 2 * 3 * 64 * 4 * (10 + 30)
     assert tokens == 20
 

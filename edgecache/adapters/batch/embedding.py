@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..openclip import normalize_pixels
+from ..openclip import OnnxImageBackend, normalize_pixels, register_model_config
 from .errors import BatchJobError
 
 
@@ -45,11 +44,9 @@ class Embedder:
     def _torch_tower(engine: dict[str, Any], state: dict[str, np.ndarray], threads: int) -> Callable:
         import open_clip
         import torch
-        from open_clip import factory
 
         torch.set_num_threads(threads)
-        if open_clip.get_model_config(engine["model_name"]) is None:  # tiny / custom configs
-            factory._MODEL_CONFIGS[engine["model_name"]] = json.loads(json.dumps(engine["config"]))
+        register_model_config(engine["model_name"], engine["config"])  # tiny / custom configs
         model = open_clip.create_model(engine["model_name"], pretrained=None)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         model.eval()
@@ -63,18 +60,8 @@ class Embedder:
 
     @staticmethod
     def _onnx_tower(blob: bytes, threads: int) -> Callable:
-        from ..._native import onnxruntime as ort  # the onnxruntime-before-usearch import order
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-
-        def embed(x: np.ndarray) -> np.ndarray:
-            (out,) = session.run(["embedding"], {"pixels": x})
-            return np.asarray(out, dtype=np.float32)
-
-        return embed
+        # Only run_pixels is used: the stage normalises the pixels itself (normalize_pixels).
+        return OnnxImageBackend(blob, preprocess=np.asarray, threads=threads).run_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()

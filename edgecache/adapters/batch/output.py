@@ -15,8 +15,9 @@ from .storage import ImageLocation, upload_file
 
 
 class ResultWriter:
-    """One output file written by the driver from streamed rows; an s3:// target is written to a
-    local temporary file and uploaded when the job finishes, so a failed job leaves nothing."""
+    """One output file written by the driver from streamed rows, always to a temporary file first:
+    an s3:// target's is uploaded when the job finishes, a local target's (in the target's folder)
+    renamed over it; so a failed job leaves nothing, and an earlier output is kept intact."""
 
     def __init__(self, config: BatchJobConfig, dim: int) -> None:
         self.config = config
@@ -24,11 +25,12 @@ class ResultWriter:
         self.fmt = config.output_format
         if self.target.is_s3:
             fd, name = tempfile.mkstemp(suffix="." + self.fmt)
-            os.close(fd)
-            self.local = Path(name)
         else:
-            self.local = Path(self.target.key).expanduser()
-            self.local.parent.mkdir(parents=True, exist_ok=True)
+            final = Path(self.target.key).expanduser()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+        os.close(fd)
+        self.local = Path(name)
         self.rows = 0
         self._json = None
         self._parquet = None
@@ -85,14 +87,17 @@ class ResultWriter:
             self._parquet.close()
 
     def commit(self) -> None:
-        self.close()
-        if self.target.is_s3:
-            try:
+        try:
+            self.close()
+            if self.target.is_s3:
                 upload_file(self.local, str(self.target), self.config.endpoint_url)
-            finally:
-                self.local.unlink(missing_ok=True)
+            else:
+                os.replace(self.local, Path(self.target.key).expanduser())
+        finally:
+            self.local.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        self.close()
-        if self.target.is_s3:
+        try:
+            self.close()
+        finally:
             self.local.unlink(missing_ok=True)

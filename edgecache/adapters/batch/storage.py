@@ -102,9 +102,9 @@ def list_inputs(
 
 def read_file(path: str, endpoint_url: str | None, max_bytes: int) -> bytes:
     """A file's bytes; OSError (local) or a botocore error (S3) when it cannot be read."""
-    if path.startswith("s3://"):
-        bucket, _, key = path[5:].partition("/")
-        obj = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)
+    loc = ImageLocation.parse(path)
+    if loc.is_s3:
+        obj = s3_client(endpoint_url).get_object(Bucket=loc.bucket, Key=loc.key)
         if obj.get("ContentLength", 0) > max_bytes:
             obj["Body"].close()
             raise ValueError(f"{obj['ContentLength']} bytes, over the {max_bytes}-byte limit")
