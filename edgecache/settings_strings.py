@@ -12,6 +12,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .policy import refuse_unknown_keys
 
 __all__ = ["dataclass_from_strings"]
 
@@ -56,9 +57,7 @@ def dataclass_from_strings(cls: type[T], args: dict[str, Any]) -> T:
     unknown field or a value that does not convert (an unrecognised boolean included)."""
     owner = cls.__name__
     types = {f.name: _annotation(f.type) for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(args) - set(types)
-    if unknown:
-        raise ConfigError(f"unknown {owner} fields: {sorted(unknown)}")
+    refuse_unknown_keys(args, set(types), f"unknown {owner} fields:")
     out = {
         name: _convert(owner, name, types[name], value) if isinstance(value, str) else value
         for name, value in args.items()

@@ -70,6 +70,7 @@ from ..httperrors import (
     decode_json_body,
     media_type,
 )
+from ..policy import refuse_unknown_keys
 from ..settings_strings import dataclass_from_strings
 from .tfup import AdapterFileError, TFUPAdapter
 
@@ -208,9 +209,7 @@ class ServeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown ServeConfig fields: {sorted(unknown)}")
+        refuse_unknown_keys(data, {f.name for f in fields(cls)}, "unknown ServeConfig fields:")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

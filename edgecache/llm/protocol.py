@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..httperrors import RequestError, decode_json_body
+from ..policy import refuse_unknown_keys
 from ..settings_strings import dataclass_from_strings
 
 Kind = Literal["completion", "chat"]
@@ -136,9 +137,7 @@ class WorkerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown WorkerConfig fields: {sorted(unknown)}")
+        refuse_unknown_keys(data, {f.name for f in fields(cls)}, "unknown WorkerConfig fields:")
         return cls(**data)
 
     @classmethod
