@@ -472,22 +472,6 @@ def run_grid(
     # importing edgecache.llm.presses installs (presses/masks.py) to decode multi-token questions.
     import edgecache.llm.presses  # noqa: F401
 
-    _run_specs(pipe, samples, specs, make_press, max_new_tokens, bar, records, after_press, query_aware)
-    bar.close()
-    return records
-
-
-def _run_specs(
-    pipe: Any,
-    samples: Sequence[Sample],
-    specs: Sequence[PressSpec],
-    make_press: Callable[[str, float], Any],
-    max_new_tokens: int,
-    bar: Any,
-    records: list[dict[str, Any]],
-    after_press: Callable[[list[dict[str, Any]]], None] | None,
-    query_aware: bool,
-) -> None:
     for spec in specs:
         done: list[dict[str, Any]] = []
         try:
@@ -504,6 +488,8 @@ def _run_specs(
         records.extend(done)
         if after_press:
             after_press(records)
+    bar.close()
+    return records
 
 
 # --------------------------------------------------------------------------- summary
