@@ -22,6 +22,7 @@ from .embedder import Embedder, shared_embedder
 from .encoder import length_batches
 from .errors import ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .eviction import STRATEGIES
+from .followups import FollowUpTable
 from .guards import veto
 from .load import LoadSignal
 from .results import CacheStats, Entry, LookupResult
@@ -86,6 +87,7 @@ class SemanticCache:
         self._index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
         self._vector_bytes = self.embedder.dim * {"f32": 4, "f16": 2, "i8": 1}[self.config.dtype]
         self._entries: dict[int, Entry] = {}
+        self._followups = FollowUpTable(self.embedder.dim)
         # Changes not yet in the stored snapshot: what a merge with another writer's
         # snapshot must re-apply (vectors kept exactly, for re-adding to the index).
         self._pending_add: dict[int, np.ndarray] = {}
@@ -171,10 +173,15 @@ class SemanticCache:
         with self._lock:
             self._counts[query_category]["lookups"] += 1
             keys, sims = self._index.search(vector, self.config.top_k)
-            candidates = [
-                self._candidate(int(k), float(s), ctx, cleaned.normalized, rules)
-                for k, s in zip(keys, sims, strict=True)
-            ]
+            found = dict(zip((int(k) for k in keys), (float(s) for s in sims), strict=True))
+            if ctx is not None:
+                # Follow-ups asked in this conversation, even where entries with other contexts
+                # ("can you give me an example?" asked in many) fill the nearest k.
+                more = [
+                    i for i, _ in self._followups.matches(ctx, self.rules.loosest_context) if i not in found
+                ]
+                found.update(zip(more, self._index.similarities(more, vector), strict=True))
+            candidates = [self._candidate(k, s, ctx, cleaned.normalized, rules) for k, s in found.items()]
             verdict = first_hit(
                 [c for c in candidates if c is not None],
                 lambda c: rules.pair(query_category, self._entries[c.entry_id].category),
@@ -248,8 +255,7 @@ class SemanticCache:
             return None
         context_similarity = None
         if ctx is not None and entry.context_vector is not None:
-            stored = np.frombuffer(entry.context_vector, dtype=np.float16).astype(np.float32)
-            context_similarity = float(stored @ ctx)
+            context_similarity = float(_context_vector(entry) @ ctx)
         return Candidate(
             entry_id=entry_id,
             similarity=similarity,
@@ -329,12 +335,13 @@ class SemanticCache:
             for i, entry_id in enumerate(ids):
                 ctx = ctx_of.get(i)
                 ttl = ttls[i]
+                context_vector = ctx.astype(np.float16).tobytes() if ctx is not None else None
                 entry = Entry(
                     id=entry_id,
                     query=cleaned[i].original,
                     response=None if self.bodies is not None else response_texts[i],
                     context_turns=len(turns[i]),
-                    context_vector=ctx.astype(np.float16).tobytes() if ctx is not None else None,
+                    context_vector=context_vector,
                     created_at=now,
                     expires_at=now + ttl if ttl else None,
                     last_used_at=now,
@@ -343,7 +350,7 @@ class SemanticCache:
                     size=len(cleaned[i].original.encode("utf-8", "surrogatepass"))
                     + len(response_texts[i].encode("utf-8", "surrogatepass"))
                     + self._vector_bytes
-                    + (len(ctx) * 2 if ctx is not None else 0),
+                    + len(context_vector or b""),
                 )
                 self._add(entry)
                 self._pending_add[entry_id] = vectors[i].copy()
@@ -379,6 +386,8 @@ class SemanticCache:
 
     def _add(self, entry: Entry) -> None:
         self._entries[entry.id] = entry
+        if entry.context_vector is not None:
+            self._followups.add(entry.id, _context_vector(entry))
         held = self._held[entry.category]
         held[0] += 1
         held[1] += entry.size
@@ -386,6 +395,7 @@ class SemanticCache:
     def _remove(self, entry_id: int, why: str | None = None) -> None:
         entry = self._entries.pop(entry_id)
         self._index.remove(entry_id)
+        self._followups.remove(entry_id)
         if self._pending_add.pop(entry_id, None) is None:
             self._pending_remove.add(entry_id)
         held = self._held[entry.category]
@@ -637,11 +647,24 @@ class SemanticCache:
             # Categories the current policy no longer has fall back rather than fail to load.
             if entry.category not in self._held:
                 entry.category = self.config.policy.fallback
+        if any(
+            e.context_vector is not None and len(e.context_vector) != 2 * self.embedder.dim
+            for e in entries.values()
+        ):
+            raise SnapshotError(f"snapshot holds context vectors that are not {self.embedder.dim}-d")
         return entries, index
 
     def _install(self, entries: dict[int, Entry], index: VectorIndex) -> None:
         held = {name: [0, 0] for name in self.config.policy.names}
+        followups = FollowUpTable(self.embedder.dim)
         for entry in entries.values():
             held[entry.category][0] += 1
             held[entry.category][1] += entry.size
-        self._index, self._entries, self._held = index, entries, held
+            if entry.context_vector is not None:
+                followups.add(entry.id, _context_vector(entry))
+        self._index, self._entries, self._held, self._followups = index, entries, held, followups
+
+
+def _context_vector(entry: Entry) -> np.ndarray:
+    assert entry.context_vector is not None
+    return np.frombuffer(entry.context_vector, dtype=np.float16).astype(np.float32)

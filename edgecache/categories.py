@@ -112,6 +112,11 @@ class CategoryRules:
 
             calibrator = OnlineCalibrator(self.policy.false_hit_target, self.policy.confidence)
         self.calibrator = calibrator
+        # No pair of categories accepts a context less alike than this (load never relaxes it).
+        self.loosest_context = min(
+            c.context_threshold if c.context_threshold is not None else config.context_threshold
+            for c in self.policy.categories
+        )
 
     def check(self, name: object) -> str:
         if not isinstance(name, str) or name not in self._by_name:

@@ -114,16 +114,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f" R {rt['recall']:.3f} @{rt['threshold']:.2f}"
             f" (lenient P {s['retrieval']['test_lenient_precision_at_validation_threshold']:.3f})"
         )
-    for name, c in results["contextual"].items():
+    for name, result in results["contextual"].items():
         if name == "tune_sweep":
             continue
-        scored = (
-            f"F1 {c['f1']:.3f} P {c['precision']:.3f} R {c['recall']:.3f} "
-            f"(MeanCache negatives: F1 {c['meancache_f1']:.3f} P {c['meancache_precision']:.3f}) "
-            if "f1" in c
-            else ""
-        )
-        print(f"contextual {name}: {scored}false hits {c['false_hits']} of {c['negatives']}")
+        parts = {k: v for k, v in result.items() if k in ("pooled", "new_claude", "same_topic_pairs")}
+        for part, c in (parts or {"": result}).items():
+            scored = f"F1 {c['f1']:.3f} P {c['precision']:.3f} R {c['recall']:.3f} " if "f1" in c else ""
+            if "meancache_f1" in c:
+                mc_f1, mc_p = c["meancache_f1"], c["meancache_precision"]
+                scored += f"(MeanCache negatives: F1 {mc_f1:.3f} P {mc_p:.3f}) "
+            hits = f"false hits {c['false_hits']} of {c['negatives']}" if "false_hits" in c else ""
+            print(f"contextual {name} {part}: {scored}{hits}".rstrip())
     print(f"wrote {Path(args.out) / 'eval.json'} and eval_pr.png")
     return 0
 

@@ -97,6 +97,31 @@ def load_contextual(root: Path | None = None) -> dict[str, list[Conversation]]:
 
 
 @dataclass(frozen=True)
+class FollowUpPair:
+    """A follow-up cached under its first turn, and one asked later on the same topic."""
+
+    context: str
+    cached: str
+    asked_context: str
+    asked: str
+    must_hit: bool  # False: a different question about the same topic
+
+
+FOLLOWUP_PAIRS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "followup_pairs.jsonl"
+
+
+def load_followup_pairs(path: Path = FOLLOWUP_PAIRS) -> list[FollowUpPair]:
+    """Hand-written follow-ups (this project's, in the repo): MeanCache's sets ask one
+    follow-up per topic, so they never test the hard case inside a conversation, another
+    question about the same thing ("When was it built?" cached, "Who designed it?" asked)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; it ships in the edgecache repository (benchmarks/data)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keys = ("context", "cached", "asked_context", "asked")
+    return [FollowUpPair(*(r[k] for k in keys), must_hit=bool(r["must_hit"])) for r in rows]
+
+
+@dataclass(frozen=True)
 class Labelled:
     text: str
     label: str  # CLINC intent, MT-bench category, or FreshQA fact_type

@@ -15,7 +15,7 @@ from .cache import SemanticCache
 from .config import CacheConfig
 from .decision import Candidate, Thresholds, decide, first_hit
 from .embedder import Embedder
-from .evaldata import Conversation, Pair
+from .evaldata import Conversation, FollowUpPair, Pair
 from .guards import veto
 from .metrics import Scores, scores
 from .stores import MemoryStore
@@ -252,6 +252,37 @@ def contextual(conversations: Sequence[Conversation], embedder: Embedder, config
         mc = scores(config.followup_threshold, tp, mc_fp, fn, tp + fn + n_neg)
         out.update({"meancache_precision": mc.precision, "meancache_f1": mc.f1})
     return out
+
+
+def followup_pairs(pairs: Sequence[FollowUpPair], embedder: Embedder, config: CacheConfig) -> dict:
+    """Same-topic follow-ups: one cache holds every cached follow-up under its first turn;
+    each asked follow-up (under its own wording of that first turn) must return its pair's
+    entry when it asks the same thing, and must miss when it asks something else."""
+    cache = SemanticCache("eval", store=MemoryStore(), config=config, embedder=embedder)
+    ids = cache.insert_many(
+        [p.cached for p in pairs], ["follow-up"] * len(pairs), contexts=[[p.context] for p in pairs]
+    )
+    tp = fp = fn = negatives = false_hits = 0
+    for p, entry_id in zip(pairs, ids, strict=True):
+        got = cache.lookup(p.asked, context=[p.asked_context])
+        if p.must_hit:
+            tp, fp, fn = _count(got, lambda eid, own=entry_id: eid == own, tp, fp, fn)
+        else:
+            negatives += 1
+            false_hits += got.hit
+    return {
+        "negatives": {"same_topic": negatives},
+        "false_hits": {"same_topic": false_hits},
+        "false_hit_rate": {"same_topic": false_hits / max(negatives, 1)},
+        **scores(config.followup_threshold, tp, fp + false_hits, fn, len(pairs)).to_dict(),
+    }
+
+
+def pooled(*results: dict) -> dict:
+    """One precision / recall / F1 over several evaluations' counts."""
+    tp, fp, fn = (sum(r[k] for r in results) for k in ("tp", "fp", "fn"))
+    n = sum(r["tp"] + r["fn"] + sum(r["negatives"].values()) for r in results)
+    return scores(results[0]["threshold"], tp, fp, fn, n).to_dict()
 
 
 def _count(got, is_right: Callable[[int], bool], tp: int, fp: int, fn: int) -> tuple[int, int, int]:

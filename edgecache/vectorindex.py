@@ -54,6 +54,17 @@ class VectorIndex:
         found = self._index.search(x, min(k, len(self._index)), threads=1)
         return np.asarray(found.keys), 1.0 - np.asarray(found.distances, dtype=np.float32)
 
+    def similarities(self, keys: list[int], vector: np.ndarray) -> list[float]:
+        """Cosine of the query with the stored vectors of `keys` (as the index holds them)."""
+        if not keys:
+            return []
+        x = checked_vectors(vector, self.dim)[0]
+        stored = self._index.get(np.asarray(keys, dtype=np.uint64), dtype=np.float32)
+        if any(v is None for v in stored):
+            raise KeyError(f"index holds no vector for some of {keys}")
+        m = np.asarray(stored, dtype=np.float32)
+        return [float(s) for s in (m @ x) / (np.linalg.norm(m, axis=1) * np.linalg.norm(x))]
+
     def clear(self) -> None:
         self._index = self._new()
 

@@ -10,9 +10,18 @@ def test_follow_up_hits_only_under_its_own_first_turn(real_embedder):
     eid = cache.insert("What is its population?", "About 68 million.", context=["Tell me about France"])
     japan = cache.lookup("What is its population?", context=["Tell me about Japan"])
     assert not japan.hit and japan.reason == Reason.CONTEXT_MISMATCH
-    france = cache.lookup("How many people live there?", context=["Tell me about France."])
+    france = cache.lookup("What is the population?", context=["Tell me about France."])
     assert france.hit and france.entry_id == eid
     assert cache.lookup("What is its population?").reason == Reason.CONTEXT_SHAPE
+
+
+def test_another_question_on_the_same_topic_misses(real_embedder):
+    cache = SemanticCache("alice", embedder=real_embedder)
+    eid = cache.insert("When was it built?", "1887-1889.", context=["Tell me about the Eiffel Tower"])
+    other = cache.lookup("Who designed it?", context=["Tell me about the Eiffel Tower"])
+    assert not other.hit and other.reason == Reason.BELOW_THRESHOLD
+    same = cache.lookup("When was it constructed?", context=["Give me some facts about the Eiffel Tower."])
+    assert same.hit and same.entry_id == eid
 
 
 def test_paraphrase_hits_and_unrelated_misses(real_embedder):

@@ -50,6 +50,41 @@ def test_context_chain_separates_same_words(make_cache):
     assert cache.lookup("what is the population of japan").entry_id == standalone
 
 
+def test_generic_follow_up_is_found_under_its_own_context(make_cache):
+    # Nine conversations ask the same words; the index's 4 nearest cannot hold them all,
+    # so each conversation must still reach its own entry through its context.
+    cache = make_cache(top_k=4)
+    topics = ["france", "japan", "kenya", "peru", "chile", "norway", "egypt", "india", "canada"]
+    ids = {t: cache.insert("can you give me an example", t, context=[f"tell me about {t}"]) for t in topics}
+    store = MemoryStore()
+    for restored in (False, True):
+        for t in topics:
+            got = cache.lookup("can you give me an example", context=[f"tell me about {t}"])
+            assert got.hit and got.entry_id == ids[t], t
+        if not restored:
+            cache.store = store
+            cache.save()
+            cache = make_cache(store=store, top_k=4)
+    cache.delete(ids["peru"])
+    gone = cache.lookup("can you give me an example", context=["tell me about peru"])
+    assert not gone.hit and gone.reason == Reason.CONTEXT_MISMATCH
+    cache.clear()
+    assert cache.lookup("can you give me an example", context=["tell me about chile"]).reason == Reason.EMPTY
+
+
+def test_snapshot_with_malformed_context_vector_is_refused(make_cache):
+    from edgecache import snapshot
+
+    cache = make_cache()
+    cache.insert("and its population", "x", context=["tell me about france"])
+    payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
+    payload["entries"][0]["context_vector"] = b"\x00" * 6
+    payload.pop("version")
+    with pytest.raises(SnapshotError, match="context vectors"):
+        cache.restore(snapshot.encode(payload))
+    assert cache.lookup("and its population", context=["tell me about france"]).hit
+
+
 def test_only_recent_context_turns_count(make_cache):
     cache = make_cache(context_turns=1)
     eid = cache.insert("and its population", "x", context=["old topic", "tell me about france"])

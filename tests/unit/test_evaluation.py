@@ -1,7 +1,8 @@
 import numpy as np
 
-from edgecache.evaldata import Pair, _component_split
-from edgecache.evaluation import emulate_storage, pairwise, retrieval, same_topic
+from edgecache import CacheConfig
+from edgecache.evaldata import FollowUpPair, Pair, _component_split, load_followup_pairs
+from edgecache.evaluation import emulate_storage, followup_pairs, pairwise, pooled, retrieval, same_topic
 from edgecache.metrics import at, best, scores
 
 
@@ -72,3 +73,40 @@ def test_split_assignment_is_stable():
     assert _component_split("how do I learn python?") == _component_split("how do I learn python?")
     buckets = {_component_split(f"question {i}") for i in range(200)}
     assert buckets == {"train", "validation", "test"}
+
+
+def test_followup_pairs_count_own_hits_and_same_topic_false_hits(embedder):
+    pairs = [
+        FollowUpPair(
+            "tell me about the eiffel tower",
+            "how tall is it",
+            "tell me about the eiffel tower",
+            "how tall is it really",
+            True,
+        ),
+        FollowUpPair(
+            "tell me about mount everest",
+            "who first climbed it",
+            "tell me about mount everest",
+            "who first climbed it",
+            False,
+        ),  # labelled different: any hit is a false hit
+        FollowUpPair(
+            "what is metformin",
+            "what is the usual dose",
+            "what is metformin",
+            "can i drink alcohol with it",
+            False,
+        ),
+        FollowUpPair(
+            "explain vaccines", "how do they work", "explain vaccines", "why do my knees hurt", True
+        ),
+    ]
+    config = CacheConfig(threshold=0.9, followup_threshold=0.8, context_threshold=0.9)
+    got = followup_pairs(pairs, embedder, config)
+    assert (got["tp"], got["fp"], got["fn"]) == (1, 1, 1)
+    assert got["false_hits"] == {"same_topic": 1} and got["negatives"] == {"same_topic": 2}
+    both = pooled(got, got)
+    assert (both["tp"], both["fp"], both["fn"]) == (2, 2, 2) and both["precision"] == 0.5
+    shipped = load_followup_pairs()
+    assert len(shipped) >= 100 and {p.must_hit for p in shipped} == {True, False}
