@@ -43,6 +43,16 @@ _OPPOSITES = (
     ("advantages", "disadvantages"), ("positive", "negative"), ("rich", "poor"),
     ("old", "new"), ("first", "last"), ("young", "old"), ("light", "dark"), ("up", "down"),
 )  # fmt: skip
+# Names of one thing written two ways (a currency's sign and its code): not a substitution.
+_ALIASES = {
+    "rs": "inr",
+    "rupee": "inr",
+    "rupees": "inr",
+    "dollar": "usd",
+    "dollars": "usd",
+    "euro": "eur",
+    "euros": "eur",
+}
 # Words that give the words around them roles: "from Boston to Chicago" is not "from
 # Chicago to Boston", but "little black bugs" is "black little bugs".
 _DIRECTIONAL = frozenset("to from than into onto toward towards".split())
@@ -71,7 +81,7 @@ def signals(text: str) -> Signals:
     text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text.replace("\u2019", "'"))
     # "Bernoulli's" names what "Bernoullis" and "Bernoulli" name.
     tokens = [t[:-2] if t.endswith("'s") else t for t in _TOKEN.findall(text)]
-    lower = [t.lower() for t in tokens]
+    lower = [_ALIASES.get(t.lower(), t.lower()) for t in tokens]
     number_seq = tuple(
         t.replace(",", "") if t[0].isdigit() else _NUMBER_WORDS[low]
         for t, low in zip(tokens, lower, strict=True)
@@ -168,6 +178,13 @@ def _within(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
     return all(item in rest for item in short)
 
 
+def _appended(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
+    """Is one text the other with a clause added at the end? A negation there sets a
+    condition ("How can I change my country? If I can't, ...") and leaves the question as is."""
+    short, long = (x, y) if len(x) <= len(y) else (y, x)
+    return len(short) < len(long) and long[: len(short)] == short
+
+
 def _roles(tokens: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(word before, directional word, word after) for each directional word, sorted."""
     return sorted(
@@ -210,7 +227,11 @@ def veto(query: str, cached: str) -> str | None:
         digits = frozenset(a.numbers | b.numbers | set(_NUMBER_WORDS))
         if _overlap(a, b, digits) >= MINIMAL_PAIR_OVERLAP:
             return "numbers"
-    if a.negated != b.negated and _overlap(a, b, _NEGATIONS) >= NEGATION_OVERLAP:
+    if (
+        a.negated != b.negated
+        and _overlap(a, b, _NEGATIONS) >= NEGATION_OVERLAP
+        and not _appended(a.tokens, b.tokens)
+    ):
         return "negation"
     b_polar = dict(b.polar)
     for pair, side in a.polar:

@@ -11,6 +11,8 @@ from edgecache.guards import veto
         ("Is the shop closed on Sunday?", "Is the shop open on Sunday?", "polarity"),
         ("What is the slowest land animal?", "What is the fastest land animal?", "polarity"),
         ("Why doesn't my laptop charge?", "Why does my laptop charge?", "negation"),
+        ("Is Spotify not available in India?", "Is Spotify available in India?", "negation"),
+        ("Can I pay in USD at the airport?", "Can I pay in EUR at the airport?", "entities"),
         ("Who won the World Cup in 2018?", "Who won the World Cup in 2014?", "numbers"),
         ("How many calories are in two eggs?", "How many calories are in 5 eggs?", "numbers"),
         ("How to learn Java quickly?", "How to learn Python quickly?", "entities"),
@@ -38,6 +40,9 @@ def test_minimal_pairs_are_vetoed(query, cached, reason):
         ("Will the Browns go 0-16 in the 2016 NFL season?", "Will the Cleveland Browns go 0-16 in 2016?"),
         ("How do I upload my profile picture on Qoura?", "How do I upload my profile picture on Quora?"),
         ("Who are you voting for U.S. President?", "Who are you voting for US President?"),
+        # One currency by its sign and its code; a negation only in an appended clause.
+        ("What business can I start with Rs. 1 lakh?", "What business can I start with INR 1 lakh?"),
+        ("How do I change my country? If I can't, what then?", "How do I change my country?"),
         ("What is Bernoullis equation?", "What is Bernoulli's equation?"),
         # Reordered adjectives, and a negated side that adds a condition.
         ("How can I get rid of little black bugs?", "How can I get rid of black little bugs?"),
