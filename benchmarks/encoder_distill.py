@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from encoder_latency import latency  # a sibling script
+from lr_schedule import warmup_then_decay  # a sibling module
 
 from edgecache.encoder import TOKENIZER_FILE, Encoder, current_model_dir, load_encoder
 from edgecache.evalrun import qqp_vectors
@@ -126,10 +127,7 @@ def main() -> None:
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     total = int(math.ceil(len(train) / args.batch_size) * args.epochs)
-    warmup = max(1, int(0.05 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-    )
+    sched = warmup_then_decay(opt, total, 0.05)
     rng = np.random.default_rng(args.seed)
     student.train()
     step, t0 = 0, time.perf_counter()

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from lr_schedule import warmup_then_decay  # a sibling module
 
 from edgecache.evaldata import load_qqp
 from edgecache.evaluation import pairwise
@@ -145,10 +146,7 @@ def main() -> None:
     bias = torch.nn.Parameter(torch.tensor(-16.0))
     opt = torch.optim.AdamW([*top.parameters(), scale, bias], lr=args.lr, weight_decay=0.01)
     total = int(math.ceil(len(train) / args.batch_size) * args.epochs)
-    warmup = max(1, int(0.1 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
-    )
+    sched = warmup_then_decay(opt, total, 0.1)
     every = max(1, total // args.evals)
     rng = np.random.default_rng(args.seed)
     step, t0 = 0, time.perf_counter()
