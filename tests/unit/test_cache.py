@@ -189,6 +189,24 @@ def test_nan_and_wrong_shape_vectors_are_refused():
     assert len(index) == 0
 
 
+def test_index_similarities_match_its_search():
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((6, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # the cache stores unit vectors
+    index = VectorIndex(16, "i8")
+    index.add(np.arange(1, 7, dtype=np.uint64), vectors)
+    query = vectors[0] + 0.3 * vectors[1]
+    query /= np.linalg.norm(query)
+    keys, sims = index.search(query, 6)
+    by_key = dict(zip(keys.tolist(), sims.tolist(), strict=True))
+    # The search also quantizes the query to int8; these compare it in float: ~1e-3 apart.
+    assert index.similarities([4], query) == pytest.approx([by_key[4]], abs=0.01)
+    assert index.similarities([2, 5], query) == pytest.approx([by_key[2], by_key[5]], abs=0.01)
+    assert index.similarities([], query) == []
+    with pytest.raises(KeyError):
+        index.similarities([99], query)
+
+
 def test_snapshot_round_trip_through_folder_store(tmp_path, make_cache, clock):
     store = LocalFolderStore(tmp_path)
     cache = make_cache(store=store)
