@@ -25,30 +25,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from encoder_experiments import chosen_on_validation, warmup_then_decay  # a sibling module
 from encoder_latency import latency  # a sibling script
-from lr_schedule import warmup_then_decay  # a sibling module
 
 from edgecache.encoder import TOKENIZER_FILE, Encoder, current_model_dir, load_encoder
 from edgecache.evalrun import qqp_vectors
-from edgecache.evaluation import pairwise
-from edgecache.metrics import at, best
 from edgecache.modelbuild import _export_fp32, _quantize, source_model_dir
 from edgecache.projection import shipped
 
 OUT = Path(__file__).parent / "results" / "encoder_distill.json"
-
-
-def protocol(a: np.ndarray, b: np.ndarray, y: dict[str, np.ndarray], dtype: str = "f32") -> dict:
-    """Threshold chosen on validation, F1 reported on test."""
-    sweeps = {split: pairwise(a[split], b[split], y[split], dtype) for split in ("validation", "test")}
-    chosen = best(sweeps["validation"])
-    test = at(sweeps["test"], chosen.threshold)
-    return {
-        "validation_f1": chosen.f1,
-        "threshold": chosen.threshold,
-        "test_f1": test.f1,
-        "test": test.to_dict(),
-    }
 
 
 def main() -> None:
@@ -107,7 +92,13 @@ def main() -> None:
         b = {s: np.stack([table[p.b] for p in ps]) for s, ps in splits.items()}
         if head is not None:
             a, b = ({s: head.apply(v[s]) for s in v} for v in (a, b))
-        return protocol(a, b, y, dtype)
+        chosen, test = chosen_on_validation(a, b, y, dtype)
+        return {
+            "validation_f1": chosen.f1,
+            "threshold": chosen.threshold,
+            "test_f1": test.f1,
+            "test": test.to_dict(),
+        }
 
     def both(table: dict[str, np.ndarray]) -> dict:
         return {"raw_384": score(table), "learned_64_i8": score(table, head, "i8")}

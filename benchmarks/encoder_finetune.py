@@ -25,11 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lr_schedule import warmup_then_decay  # a sibling module
+from encoder_experiments import chosen_on_validation, warmup_then_decay  # a sibling module
 
 from edgecache.evaldata import load_qqp
-from edgecache.evaluation import pairwise
-from edgecache.metrics import at, best
 from edgecache.modelbuild import source_model_dir
 
 OUT = Path(__file__).parent / "results" / "encoder_finetune.json"
@@ -120,18 +118,18 @@ def main() -> None:
         return out
 
     def evaluate(step: int) -> dict:
-        sweeps = {}
+        a, b, y = {}, {}, {}
         for split in ("validation", "test"):
             pairs = splits[split]
-            a = embed([index[p.a] for p in pairs])
-            b = embed([index[p.b] for p in pairs])
-            sweeps[split] = pairwise(a, b, np.array([p.label for p in pairs]))
-        chosen = best(sweeps["validation"])
+            a[split] = embed([index[p.a] for p in pairs])
+            b[split] = embed([index[p.b] for p in pairs])
+            y[split] = np.array([p.label for p in pairs])
+        chosen, test = chosen_on_validation(a, b, y)
         row = {
             "step": step,
             "validation_f1": chosen.f1,
             "threshold": chosen.threshold,
-            "test_at_validation_threshold": at(sweeps["test"], chosen.threshold).to_dict(),
+            "test_at_validation_threshold": test.to_dict(),
         }
         print(
             f"step {step}: validation F1 {chosen.f1:.4f}, "

@@ -655,14 +655,12 @@ class SemanticCache:
         return entries, index
 
     def _install(self, entries: dict[int, Entry], index: VectorIndex) -> None:
-        held = {name: [0, 0] for name in self.config.policy.names}
-        followups = FollowUpTable(self.embedder.dim)
+        """Replace the state with decoded entries (lock held); `_add` rebuilds what derives from them."""
+        self._index, self._entries = index, {}
+        self._held = {name: [0, 0] for name in self.config.policy.names}
+        self._followups = FollowUpTable(self.embedder.dim)
         for entry in entries.values():
-            held[entry.category][0] += 1
-            held[entry.category][1] += entry.size
-            if entry.context_vector is not None:
-                followups.add(entry.id, _context_vector(entry))
-        self._index, self._entries, self._held, self._followups = index, entries, held, followups
+            self._add(entry)
 
 
 def _context_vector(entry: Entry) -> np.ndarray:
