@@ -79,3 +79,24 @@ def test_guards_flag_is_validated():
 )
 def test_substitutions_still_vetoed(query, cached, kind):
     assert veto(query, cached) == kind
+
+
+def test_guards_are_read_only_at_or_above_the_threshold(make_cache, monkeypatch):
+    # A lookup that no threshold can serve must not pay for the guards (0.6 ms per lookup
+    # when they ran on every neighbour).
+    import edgecache.cache
+
+    calls = []
+
+    def counting_veto(query, cached):
+        calls.append(cached)
+        return veto(query, cached)
+
+    monkeypatch.setattr(edgecache.cache, "veto", counting_veto)
+    cache = make_cache(threshold=0.7)
+    cache.insert("how do I enable 2fa on my account", "x")
+    cache.insert("what is the capital of france", "Paris")
+    assert cache.lookup("how do I disable 2fa on my account").reason == Reason.GUARDED
+    assert calls == ["how do I enable 2fa on my account"]
+    assert not cache.lookup("recipe for banana bread").hit
+    assert len(calls) == 1
