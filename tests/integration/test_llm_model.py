@@ -66,3 +66,29 @@ def test_a_press_compresses_the_cache_and_still_answers(smollm2, pipe):
 
     answer = pipe(HAYSTACK, question=QUESTION, press=press, max_new_tokens=14)["answer"]
     assert "7421" in answer
+
+
+def test_sentencekv_at_10_percent_copies_the_needle_the_question_asks_for(smollm2, pipe):
+    # Two needles of the query-aware benchmark (benchmarks/kv_eval.py --query-aware, seed 2)
+    # that a sentence score leaning to recent sentences got wrong ("362." and "3621" for
+    # 3625): it kept the needle sentence whole in under 10% of the layer-heads.
+    import sys
+    from pathlib import Path
+
+    from edgecache.evaldata import data_root
+    from edgecache.llm.presses import make_press
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import kv_harness as kh  # benchmarks/ is a folder of scripts, not a package
+
+    tok = smollm2.tokenizer
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False))
+
+    samples = kh.niah_samples(kh.load_sentences(data_root()), [1024], [0.25, 0.5], 1, count, seed=2)
+    for sample in samples:
+        press = make_press("sentencekv", 0.1, tokenizer=tok)
+        record = kh.run_sample(pipe, sample, press, max_new_tokens=5, query_aware=True)
+        assert record["contains"] == [True], (sample.sample_id, record["answers"])
+        assert record["kv_tokens_after_prefill"] <= 0.1 * record["context_tokens"] + 1
