@@ -12,19 +12,30 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 
 _TOKEN = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
 _ACRONYM = re.compile(r"\b(?:[A-Z]\.){2,}")  # U.S. -> US, U.K. -> UK
+# "rational no. and fractions", "the no. of students": the abbreviation of "number", not a "no".
+_NUMBER_ABBREVIATION = re.compile(r"(?<=[A-Za-z] )no\.(?=[ \d])", re.IGNORECASE)
+# A negation in brackets qualifies the question ("a larger lens (not wider angle)"); it does not
+# turn it around.
+_BRACKETED = re.compile(r"\([^()]*\)")
 _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
     "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
     "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "hundred": "100",
     "thousand": "1000", "million": "1000000", "billion": "1000000000",
 }  # fmt: skip
+# Words after a number that scale it: "13k" is 13,000, "4 lakhs" is 400,000 (Indian English).
+_MAGNITUDES = {"k": 1000, "lakh": 100_000, "lakhs": 100_000, "crore": 10**7, "crores": 10**7}
 _NEGATIONS = frozenset(
     "not no never none nobody nothing neither nor cannot can't don't doesn't didn't isn't aren't "
-    "wasn't weren't won't wouldn't shouldn't couldn't hasn't haven't hadn't without".split()
+    "wasn't weren't won't wouldn't shouldn't couldn't hasn't haven't hadn't without "
+    # The same, typed without the apostrophe.
+    "cant dont doesnt didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt hasnt havent "
+    "hadnt".split()
 )
 # Each pair: the two sides of one direction or polarity. Each stem also matches its regular
 # inflections (`_forms`): "enable" covers enabled/enabling, "fast" covers faster/fastest.
@@ -56,6 +67,8 @@ _ALIASES = {
 # Words that give the words around them roles: "from Boston to Chicago" is not "from
 # Chicago to Boston", but "little black bugs" is "black little bugs".
 _DIRECTIONAL = frozenset("to from than into onto toward towards".split())
+# Small words inside a name that its acronym may spell or skip ("World of Tanks": WoT).
+_JOINING = frozenset("of and the for de".split())
 # Words that start a sentence or a question and say nothing about its subject.
 _COMMON_CAPITALISED = frozenset(
     "i what how why when where which who whom whose is are was were do does did can could should "
@@ -65,13 +78,15 @@ _COMMON_CAPITALISED = frozenset(
 
 @dataclass(frozen=True)
 class Signals:
-    numbers: frozenset[str]
-    negated: bool
+    # Each guard vetoes only when every reading of the texts shows the difference: a question
+    # is read with and without its brackets ("a larger lens (not wider angle)"), and its
+    # numbers with and without their magnitudes ("10-12K" is 10k-12k, or 10 and 12,000).
+    negated: tuple[bool, bool]  # an odd count of negations: all of them, those outside brackets
+    numbers: tuple[tuple[str, ...], tuple[str, ...]]  # in order: scaled ("60k" = 60000), as written
     words: frozenset[str]
-    names: frozenset[str]  # capitalised or mixed-case tokens not at the start: names, acronyms
+    names: frozenset[str]  # capitalised tokens not at the start: names, acronyms
     order: tuple[str, ...]  # content words in order ("from Boston to Chicago")
     tokens: tuple[str, ...] = ()  # every token, lower case, in order
-    number_seq: tuple[str, ...] = ()  # the numbers in order, number words as digits
     # Per pair of opposites (index into _OPPOSITES): 1 = left side present, 2 = right, 3 = both.
     polar: tuple[tuple[int, int], ...] = ()
 
@@ -79,45 +94,64 @@ class Signals:
 @lru_cache(maxsize=8192)
 def signals(text: str) -> Signals:
     text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text.replace("\u2019", "'"))
-    # "Bernoulli's" names what "Bernoullis" and "Bernoulli" name.
-    tokens = [t[:-2] if t.endswith("'s") else t for t in _TOKEN.findall(text)]
-    lower = [_ALIASES.get(t.lower(), t.lower()) for t in tokens]
-    number_seq = tuple(
-        t.replace(",", "") if t[0].isdigit() else _NUMBER_WORDS[low]
-        for t, low in zip(tokens, lower, strict=True)
-        if t[0].isdigit() or low in _NUMBER_WORDS
-    )
-    numbers = set(number_seq)
+    text = _NUMBER_ABBREVIATION.sub("number ", text)
+    tokens, lower = _tokens(text)
     names = {
         low
         for i, (tok, low) in enumerate(zip(tokens, lower, strict=True))
-        if i > 0 and tok[0].isupper() and low not in _COMMON_CAPITALISED and not tok[0].isdigit()
+        if i > 0 and tok[0].isupper() and low not in _COMMON_CAPITALISED
     }
-    names |= {
-        low
-        for tok, low in zip(tokens, lower, strict=True)
-        if any(c.isdigit() for c in tok) and any(c.isalpha() for c in tok)
-    }
-    # "whether or not" / "why or why not" ask both ways: not a negation.
-    negations = sum(
-        1
-        for i, t in enumerate(lower)
-        if (t in _NEGATIONS or t.endswith("n't")) and not (t == "not" and "or" in lower[max(0, i - 2) : i])
-    )
-    order = tuple(t for t in lower if t not in _COMMON_CAPITALISED)
     polar: dict[int, int] = {}
     for t in lower:
         for pair, side in _POLAR_FORMS.get(t, ()):
             polar[pair] = polar.get(pair, 0) | side
     return Signals(
-        frozenset(numbers),
-        negations % 2 == 1,
-        frozenset(lower),
-        frozenset(names),
-        order,
-        tuple(lower),
-        number_seq,
-        tuple(polar.items()),
+        negated=(_negations(lower) % 2 == 1, _negations(_tokens(_BRACKETED.sub(" ", text))[1]) % 2 == 1),
+        numbers=(_numbers(tokens, lower, scaled=True), _numbers(tokens, lower, scaled=False)),
+        words=frozenset(lower),
+        names=frozenset(names),
+        order=tuple(t for t in lower if t not in _COMMON_CAPITALISED),
+        tokens=tuple(lower),
+        polar=tuple(polar.items()),
+    )
+
+
+def _tokens(text: str) -> tuple[list[str], list[str]]:
+    """The tokens as written and in lower case (a currency's sign and code made one name)."""
+    # "Bernoulli's" names what "Bernoullis" and "Bernoulli" name.
+    tokens = [t[:-2] if t.endswith("'s") else t for t in _TOKEN.findall(text)]
+    return tokens, [_ALIASES.get(t.lower(), t.lower()) for t in tokens]
+
+
+def _numbers(tokens: list[str], lower: list[str], scaled: bool) -> tuple[str, ...]:
+    """The numbers in order, as plain decimals (number words as digits), "60k" as 60000 when
+    `scaled`."""
+    out = []
+    for i, (tok, low) in enumerate(zip(tokens, lower, strict=True)):
+        if tok.count(".") > 1:  # a version or a phone number: "1.8.0.0"
+            out.append(tok)
+            continue
+        if tok[0].isdigit():
+            value = Decimal(tok.replace(",", ""))
+        elif low in _NUMBER_WORDS:
+            value = Decimal(_NUMBER_WORDS[low])
+        else:
+            continue
+        if scaled and i + 1 < len(lower):
+            value *= _MAGNITUDES.get(lower[i + 1], 1)
+        out.append(format(value.normalize(), "f"))
+    return tuple(out)
+
+
+def _negations(lower: list[str]) -> int:
+    """How many negations turn the question around. "whether or not" and "why or why not" ask
+    both ways, and so does "should/shouldn't": those do not count."""
+    return sum(
+        1
+        for i, t in enumerate(lower)
+        if (t in _NEGATIONS or t.endswith("n't"))
+        and not (t == "not" and "or" in lower[max(0, i - 2) : i])
+        and not (i and t.endswith("n't") and t.startswith(lower[i - 1]))
     )
 
 
@@ -171,6 +205,10 @@ MINIMAL_PAIR_OVERLAP = 0.6
 NEGATION_OVERLAP = 0.8
 
 
+def _number_changed(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
+    return sorted(x) != sorted(y) and not _within(x, y)
+
+
 def _within(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
     """Is one sequence the other with items added (a subsequence of it)?"""
     short, long = (x, y) if len(x) <= len(y) else (y, x)
@@ -185,25 +223,44 @@ def _appended(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
     return len(short) < len(long) and long[: len(short)] == short
 
 
-def _roles(tokens: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    """(word before, directional word, word after) for each directional word, sorted."""
+def _roles(tokens: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(directional word, the word it governs), sorted: "to Chicago", "from Boston". A phrase
+    that only moves ("better, to live with" / "better to live with") keeps its roles."""
     return sorted(
-        (tokens[i - 1] if i else "", t, tokens[i + 1] if i + 1 < len(tokens) else "")
-        for i, t in enumerate(tokens)
-        if t in _DIRECTIONAL
+        (t, tokens[i + 1] if i + 1 < len(tokens) else "") for i, t in enumerate(tokens) if t in _DIRECTIONAL
     )
 
 
 def _typo(x: str, y: str) -> bool:
-    """One letter changed or two adjacent letters swapped inside a name of 5+ letters
-    (Qoura / Quora, Kurosowa / Kurosawa). Names that differ at the start or in length
-    (Ethanol / Methanol, Austria / Australia) are different names."""
-    if len(x) != len(y) or len(x) < 5 or x[0] != y[0]:
+    """One slip of the keyboard inside a name of 5+ letters: a letter changed, added or dropped,
+    or two adjacent letters swapped (Qoura / Quora, Hellen / Helen, Rothchilds / Rothschilds).
+    Names that differ at the start or by more (Ethanol / Methanol, Austria / Australia) are
+    different names."""
+    if min(len(x), len(y)) < 5 or x[0] != y[0] or abs(len(x) - len(y)) > 1:
         return False
-    diff = [i for i, (p, q) in enumerate(zip(x, y, strict=True)) if p != q]
-    if len(diff) == 1:
+    head = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
+    if len(x) != len(y):  # the longer one has one letter more
+        return x[head + 1 :] == y[head:] if len(x) > len(y) else y[head + 1 :] == x[head:]
+    if x[head + 1 :] == y[head + 1 :]:
         return True
-    return len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
+    return x[head + 2 :] == y[head + 2 :] and x[head : head + 2] == y[head : head + 2][::-1]
+
+
+def _acronym_of(name: str, other: Signals) -> frozenset[str]:
+    """The capitalised words a short name abbreviates in the other text, if their initials
+    spell it (US / United States, NPD / Narcissistic Personality Disorder, WoT / World of Tanks)."""
+    n, tokens = len(name), other.tokens
+    if not 2 <= n <= 5:
+        return frozenset()
+    for i in range(len(tokens) - n + 1):
+        run = tokens[i : i + n]
+        if (
+            "".join(t[0] for t in run) == name
+            and run[0] in other.names
+            and all(t in other.names or t in _JOINING for t in run)
+        ):
+            return frozenset(run)
+    return frozenset()
 
 
 def _slot(name: str, tokens: tuple[str, ...]) -> set[str]:
@@ -221,14 +278,16 @@ def _substituted(only_a: frozenset[str], only_b: frozenset[str], a: Signals, b: 
 def veto(query: str, cached: str) -> str | None:
     """Why `cached` must not answer `query` despite their similarity; None when no guard objects."""
     a, b = signals(query), signals(cached)
-    # A number changed, not merely added: "the first 20 numbers" and "the first 20 numbers
-    # (1 to 20)" ask the same, "in 5 minutes" and "in 10 minutes" do not.
-    if a.number_seq != b.number_seq and not _within(a.number_seq, b.number_seq):
-        digits = frozenset(a.numbers | b.numbers | set(_NUMBER_WORDS))
-        if _overlap(a, b, digits) >= MINIMAL_PAIR_OVERLAP:
+    # A number changed, not merely added or moved: "the first 20 numbers" and "the first 20
+    # numbers (1 to 20)" ask the same, and so do "the 2016 or 2015 model" and "the 2015 model or
+    # the 2016 model"; "in 5 minutes" and "in 10 minutes" do not.
+    if all(map(_number_changed, a.numbers, b.numbers)):
+        written = frozenset(w for w in a.words | b.words if w[0].isdigit())
+        if _overlap(a, b, written | _NUMBER_WORDS.keys() | _MAGNITUDES.keys()) >= MINIMAL_PAIR_OVERLAP:
             return "numbers"
     if (
-        a.negated != b.negated
+        a.negated[0] != b.negated[0]
+        and a.negated[1] != b.negated[1]
         and _overlap(a, b, _NEGATIONS) >= NEGATION_OVERLAP
         and not _appended(a.tokens, b.tokens)
     ):
@@ -244,6 +303,11 @@ def veto(query: str, cached: str) -> str | None:
         return "order"  # same words, swapped roles: "from Boston to Chicago" / "from Chicago to Boston"
     only_a = frozenset(n for n in a.names if not _named_in(n, b.words))
     only_b = frozenset(n for n in b.names if not _named_in(n, a.words))
+    # An acronym on one side and its words spelt out on the other name one thing.
+    spelt_in_b = {n: _acronym_of(n, b) for n in only_a}
+    spelt_in_a = {n: _acronym_of(n, a) for n in only_b}
+    only_a = frozenset(n for n in only_a if not spelt_in_b[n]).difference(*spelt_in_a.values())
+    only_b = frozenset(n for n in only_b if not spelt_in_a[n]).difference(*spelt_in_b.values())
     if (
         only_a
         and only_b

@@ -47,6 +47,33 @@ def test_minimal_pairs_are_vetoed(query, cached, reason):
         # Reordered adjectives, and a negated side that adds a condition.
         ("How can I get rid of little black bugs?", "How can I get rid of black little bugs?"),
         ("How do I contact Tim Cook that's not by email?", "How do I contact Tim Cook?"),
+        # One amount written two ways; the same numbers in another order.
+        ("Which is the best laptop under INR 60k?", "Which laptop should I buy under Rs. 60,000?"),
+        ("Best business to start with 4 lakhs?", "Best business to start with 400000?"),
+        ("Which phone should I buy in the 10k-12k range?", "Which phone should I buy in the 10-12K range?"),
+        (
+            "Should I buy the 2016 or 2015 MacBook Pro?",
+            "Should I buy the 2015 MacBook Pro or the 2016 model?",
+        ),
+        # A letter added or dropped in a name; an acronym and its words.
+        ("Who was Hellen Keller?", "Who was Helen Keller?"),
+        ("Do the Rothchilds own the Fed?", "Do the Rothschilds own the Fed?"),
+        ("What causes NPD?", "What causes Narcissistic Personality Disorder?"),
+        ("How do I become a lawyer in the US?", "How do I become a lawyer in the United States?"),
+        ("Which is the best tank in WoT?", "Which is the best tank in World of Tanks?"),
+        # "isnt" is "isn't"; both ways at once; a negation only in brackets; "no." for number.
+        ("Why isnt my code compiling?", "Why isn't my code compiling?"),
+        ("Why should/shouldn't Puerto Rico become a state?", "Should Puerto Rico become a state?"),
+        (
+            "How does a wider lens (not a longer one) change distortion?",
+            "How does a wider lens change distortion?",
+        ),
+        (
+            "What is the difference between rational no. and fractions?",
+            "What is the difference between fractions and rational numbers?",
+        ),
+        # A phrase moved, its roles unchanged.
+        ("What does it feel to be like an INTP?", "What does it feel like to be an INTP?"),
     ],
 )
 def test_paraphrases_pass(query, cached):
@@ -75,6 +102,16 @@ def test_guards_flag_is_validated():
         ("What is the boiling point of Methanol?", "What is the boiling point of Ethanol?", "entities"),
         ("What is the capital of Austria?", "What is the capital of Australia?", "entities"),
         ("Convert Celsius to Fahrenheit", "Convert Fahrenheit to Celsius", "order"),
+        ("Which is the best phone under 50k?", "Which is the best phone under 20k?", "numbers"),
+        ("Which is the best phone under 15k?", "Which is the best phone under 15,500?", "numbers"),
+        ("Who founded Oracle?", "Who founded Orange?", "entities"),  # more than one slip
+        # Initials that spell the other name by chance are not its acronym.
+        (
+            "Is there a rehab center in Calhoun County AR?",
+            "Is there a rehab center in Calhoun County AL?",
+            "entities",
+        ),
+        ("Is the shop (on Main St) open?", "Is the shop (on Main St) not open?", "negation"),
     ],
 )
 def test_substitutions_still_vetoed(query, cached, kind):
