@@ -48,7 +48,7 @@ import kv_harness as kh  # a sibling file: benchmarks/ is not a package
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "kv_eval.json"
 BASELINES = ("snapkv", "streamingllm", "knorm", "pyramidkv")
-OURS = ("windowkv", "compresskv", "taskkv", "sentencekv")
+OURS = ("windowkv", "compresskv", "taskkv", "sentencekv", "sentencekv_offload")
 REFERENCE = "snapkv"
 GOAL_BUDGET = 0.1
 GOAL_OF_FULL = 0.95
@@ -202,6 +202,7 @@ def headline(summary: Sequence[dict[str, Any]], presses: Sequence[str]) -> list[
                 "accuracy_minus_snapkv": None if ref is None else row["accuracy"] - ref["accuracy"],
                 "kv_bytes_vs_full": row["kv_bytes_vs_full"],
                 "kv_attended_vs_full": row["kv_attended_vs_full"],
+                "kv_peak_vs_full": row.get("kv_peak_vs_full"),
                 "keeps_95pct_of_full": None if vs_full is None else vs_full >= GOAL_OF_FULL,
                 "matches_or_beats_snapkv": None if ref is None else row["accuracy"] >= ref["accuracy"],
             }
@@ -211,7 +212,7 @@ def headline(summary: Sequence[dict[str, Any]], presses: Sequence[str]) -> list[
 
 def print_summary(summary: Sequence[dict[str, Any]]) -> None:
     head = (
-        f"{'task':7s} {'press':13s} {'budget':>6s} {'acc':>6s} {'exact':>6s} {'n':>4s} {'vs full':>7s} "
+        f"{'task':7s} {'press':18s} {'budget':>6s} {'acc':>6s} {'exact':>6s} {'n':>4s} {'vs full':>7s} "
         f"{'vs snap':>7s} {'KV MB':>7s} {'attnd MB':>8s} {'peak MB':>7s} {'prefill s':>9s} {'ms/step':>7s}"
     )
     print(head)
@@ -221,7 +222,7 @@ def print_summary(summary: Sequence[dict[str, Any]]) -> None:
             return format(x, fmt) if x is not None else "-"
 
         print(
-            f"{r['task']:7s} {r['press']:13s} {r['budget']:6.2f} "
+            f"{r['task']:7s} {r['press']:18s} {r['budget']:6.2f} "
             f"{r['accuracy']:6.3f} {r['exact_match']:6.3f} "
             f"{r['n_questions']:4d} {f(r['accuracy_vs_full'], '7.3f'):>7s} "
             f"{f(r['accuracy_vs_' + REFERENCE], '7.3f'):>7s} "

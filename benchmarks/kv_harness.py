@@ -19,6 +19,7 @@ Hugging Face causal LM). Two halves:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import random
@@ -408,11 +409,14 @@ def run_sample(
     ]
     meter = _Meter(sync=sync, model=pipe.model)
     meter.attach(pipe.model.model)
+    # A press that offloads (SentenceKV's) lets each question retrieve from what it evicted.
+    retrieving = press.retrieving(pipe.model) if hasattr(press, "retrieving") else contextlib.nullcontext()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), retrieving:
             answers = [str(a) for a in pipe._forward(inputs, max_new_tokens=max_new_tokens, press=press)]
     finally:
         meter.detach()
+    store = getattr(press, "store", None)
     scores = [score_answer(a, e) for a, e in zip(answers, sample.answers, strict=True)]
     return {
         "sample_id": sample.sample_id,
@@ -432,6 +436,7 @@ def run_sample(
         "kv_bytes_attended": meter.kv_attended,
         "kv_tokens_after_prefill": meter.tokens_after_prefill,
         "kv_bytes_peak": meter.kv_peak,
+        "kv_bytes_offloaded": store.nbytes if store is not None else 0,
     }
 
 
@@ -527,6 +532,8 @@ def summarize(records: Sequence[dict[str, Any]], reference: str = "snapkv") -> l
             ),
             "kv_bytes_peak": max(r["kv_bytes_peak"] for r in rs),
             "kv_bytes_peak_mean": _mean(r["kv_bytes_peak"] for r in rs),
+            # Held off the device by a press that offloads (SentenceKV's), not attended.
+            "kv_bytes_offloaded": _mean(r.get("kv_bytes_offloaded", 0) for r in rs),
             "kv_tokens_after_prefill": _mean(r["kv_tokens_after_prefill"] for r in rs),
             "context_tokens": _mean(r["context_tokens"] for r in rs),
             "prefill_s": _mean(r["prefill_s"] for r in rs),
@@ -541,6 +548,8 @@ def summarize(records: Sequence[dict[str, Any]], reference: str = "snapkv") -> l
             row["kv_bytes_after_prefill"], full and full["kv_bytes_after_prefill"]
         )
         row["kv_attended_vs_full"] = _ratio(row["kv_bytes_attended"], full and full["kv_bytes_attended"])
+        # A press that retrieves while answering holds more then than after prefill.
+        row["kv_peak_vs_full"] = _ratio(row["kv_bytes_peak_mean"], full and full["kv_bytes_peak_mean"])
         row["prefill_vs_full"] = _ratio(row["prefill_s"], full and full["prefill_s"])
         row["accuracy_vs_" + reference] = (
             None if press in ("full", reference) else _ratio(row["accuracy"], ref and ref["accuracy"])

@@ -103,6 +103,8 @@ class CompressedContext:
     layers: (keys, values) per layer, (1, kv_heads, kept_tokens, head_dim) each.
     context_length: tokens before compression; the question's RoPE positions start here.
     masked: (attention-module name, attribute) -> head mask (head-wise presses only).
+    offload: the full prefill KV a press keeps off the device for questions to retrieve from
+    (SentenceKV's `SentenceStore`), or None.
     """
 
     layers: tuple[tuple[Any, Any], ...]
@@ -110,10 +112,21 @@ class CompressedContext:
     masked: dict[tuple[str, str], Any] = field(default_factory=dict)
     prefill_s: float = 0.0
     compressed: bool = False
+    offload: Any = None
 
     @property
     def nbytes(self) -> int:
+        """KV bytes a request attends to before its question (on the device)."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
+    @property
+    def offloaded_bytes(self) -> int:
+        return self.offload.nbytes if self.offload is not None else 0
+
+    @property
+    def held_bytes(self) -> int:
+        """All the memory the entry holds, offloaded KV included: what the LRU bounds."""
+        return self.nbytes + self.offloaded_bytes
 
     @property
     def kept_tokens(self) -> int:
@@ -161,19 +174,19 @@ class ContextCache:
             return entry
 
     def put(self, key: ContextKey, entry: CompressedContext) -> bool:
-        size = entry.nbytes
+        size = entry.held_bytes
         with self._lock:
             if size > self.max_bytes:
                 self.too_large += 1
                 return False
             old = self._entries.pop(key, None)
             if old is not None:
-                self.bytes -= old.nbytes
+                self.bytes -= old.held_bytes
             self._entries[key] = entry
             self.bytes += size
             while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
-                self.bytes -= evicted.nbytes
+                self.bytes -= evicted.held_bytes
                 self.evictions += 1
             return True
 
@@ -286,6 +299,7 @@ class _Generation:
     compressed: bool = False
     kept_tokens: int = 0
     kv_bytes: int = 0
+    kv_offloaded_bytes: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
 
@@ -468,7 +482,8 @@ class LLMService:
                 value = getattr(module, attr, None)
                 if value is not None:
                     masked[name, attr] = value
-        entry = CompressedContext(layers, len(ids), masked, time.perf_counter() - t0, compress)
+        offload = getattr(prepared.press, "store", None) if compress else None
+        entry = CompressedContext(layers, len(ids), masked, time.perf_counter() - t0, compress, offload)
         self.contexts.put(key, entry)
         return entry, False
 
@@ -510,10 +525,11 @@ class LLMService:
         with self._model_lock, torch.inference_mode():
             entry, gen.reused = self._prefill(prepared)
             if entry is not None:
-                gen.compressed, gen.kept_tokens, gen.kv_bytes = (
+                gen.compressed, gen.kept_tokens, gen.kv_bytes, gen.kv_offloaded_bytes = (
                     entry.compressed,
                     entry.kept_tokens,
                     entry.nbytes,
+                    entry.offloaded_bytes,
                 )
                 gen.prefill_s = 0.0 if gen.reused else entry.prefill_s
             self._restore_masks(entry)
@@ -526,6 +542,10 @@ class LLMService:
                 from transformers import DynamicCache
 
                 cache = DynamicCache()
+            retrieval = contextlib.ExitStack()
+            if entry is not None and entry.offload is not None:
+                # SentenceKV's offload: the question brings back what compression evicted.
+                retrieval.enter_context(entry.offload.retrieving(self.model))
             try:
                 for _ in range(prepared.max_tokens):
                     out = self.model(
@@ -549,6 +569,7 @@ class LLMService:
                 if tail:
                     yield tail
             finally:
+                retrieval.close()
                 gen.decode_s = time.perf_counter() - t0
                 # A head-wise mask left on the model would corrupt the next uncompressed prefill.
                 self._restore_masks(None)
@@ -570,6 +591,7 @@ class LLMService:
             "context_tokens": len(prepared.context_ids),
             "kept_tokens": gen.kept_tokens,
             "kv_bytes": gen.kv_bytes,
+            "kv_offloaded_bytes": gen.kv_offloaded_bytes,
             "compressed": gen.compressed,
             "reused": gen.reused,
             "prefill_ms": round(gen.prefill_s * 1000, 2),

@@ -92,3 +92,34 @@ def test_sentencekv_at_10_percent_copies_the_needle_the_question_asks_for(smollm
         record = kh.run_sample(pipe, sample, press, max_new_tokens=5, query_aware=True)
         assert record["contains"] == [True], (sample.sample_id, record["answers"])
         assert record["kv_tokens_after_prefill"] <= 0.1 * record["context_tokens"] + 1
+
+
+def test_offloaded_sentencekv_answers_a_shared_context_at_10_percent(smollm2, pipe):
+    # SCBench-style: four facts in one ~1k-token context, four questions against one cache
+    # compressed before any question was seen. Whatever a prefill-only press keeps, the
+    # other questions' facts are gone; with the offload each question brings back what it
+    # attends to, and the cache it reads stays within the same 10%.
+    import sys
+    from pathlib import Path
+
+    from edgecache.evaldata import data_root
+    from edgecache.llm.presses import make_press
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import kv_harness as kh
+
+    tok = smollm2.tokenizer
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False))
+
+    (sample,) = kh.shared_context_samples(kh.load_sentences(data_root()), 1024, 1, 4, count, seed=0)
+    offload = make_press("sentencekv_offload", 0.1, tokenizer=tok)
+    with_offload = kh.run_sample(pipe, sample, offload, max_new_tokens=5)
+    prefill_only = kh.run_sample(pipe, sample, make_press("sentencekv", 0.1, tokenizer=tok), max_new_tokens=5)
+    assert sum(with_offload["contains"]) >= 3, with_offload["answers"]  # the full cache gets 3
+    assert sum(prefill_only["contains"]) <= 1, prefill_only["answers"]
+    # The cache a question reads: never more than the prefill-only press's at its peak.
+    assert with_offload["kv_bytes_peak"] <= prefill_only["kv_bytes_peak"]
+    assert with_offload["kv_bytes_after_prefill"] < 0.6 * prefill_only["kv_bytes_after_prefill"]
+    assert with_offload["kv_bytes_offloaded"] > 9 * prefill_only["kv_bytes_after_prefill"]

@@ -281,6 +281,83 @@ def test_sentencekv_keeps_whole_sentences_and_fills_less_than_one(lm, ids, budge
             assert not missing or len(loose) < min(missing)
 
 
+def test_sentencekv_offload_keeps_part_of_the_budget_and_offloads_the_full_prefill(lm, ids):
+    press = make_press("sentencekv_offload", 0.25, tokenizer=lm.tokenizer, window_size=16)
+    k_len = ids.shape[1]
+    full = prefill(lm, ids, None)
+    cache = prefill(lm, ids, press)
+    n = kept(k_len, 0.25)
+    room = int(n * 0.5)
+    store = press.store
+    assert store is not None and store.retrieve_tokens == room
+    for layer in range(4):
+        assert cache.layers[layer].keys.shape[2] == n - room == store.resident_count(layer)
+        stored = store.layers[layer]
+        assert torch.allclose(stored.keys, full.layers[layer].keys)
+        assert torch.allclose(stored.values, full.layers[layer].values)
+        resident = stored.resident[0].nonzero()[:, 1].reshape(2, -1)
+        assert torch.equal(resident, press.kept_indices[layer][0])
+    assert store.nbytes == sum(kv_bytes_of(full.layers[i]) for i in range(4))
+    # A second context replaces the store; one too short to compress leaves none behind.
+    prefill(lm, ids[:, :1], press)
+    assert press.store is None
+
+
+def kv_bytes_of(layer) -> int:
+    return sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
+
+
+def _ask(lm, cache, question, start):
+    with torch.no_grad():
+        return lm.model(
+            input_ids=question,
+            past_key_values=cache,
+            position_ids=torch.arange(start, start + question.shape[1])[None],
+        ).logits[0, -1]
+
+
+def test_offloaded_sentences_come_back_per_question_and_all_of_them_equal_the_full_cache(lm, ids):
+    question = lm.tokenizer(" What is the secret number?", return_tensors="pt").input_ids
+    q_len, k_len = question.shape[1], ids.shape[1]
+    press = make_press("sentencekv_offload", 0.25, tokenizer=lm.tokenizer, window_size=16)
+    cache = prefill(lm, ids, press)
+    resident = cache.layers[0].keys.shape[2]
+    room = press.store.retrieve_tokens
+    with press.retrieving(lm.model):
+        for _ in range(2):  # each question, after the last answer is cropped away, retrieves again
+            press.store.last_retrieved.clear()
+            _ask(lm, cache, question, k_len)
+            for layer in range(4):
+                assert cache.layers[layer].keys.shape[2] == resident + room + q_len
+                chosen = press.store.last_retrieved[layer][0]
+                held = press.store.layers[layer].resident[0]
+                assert chosen.shape == (2, room)
+                assert not any(held[h, chosen[h]].any() for h in range(2))  # nothing twice
+            cache.crop(resident)
+    # Retrieval re-reads nothing once the question is in the cache: decoding steps add one each.
+    with press.retrieving(lm.model):
+        _ask(lm, cache, question, k_len)
+        _ask(lm, cache, question[:, :1], k_len + q_len)
+    assert cache.layers[0].keys.shape[2] == resident + room + q_len + 1
+    # With room for everything evicted, the question reads the full cache's entries (in another
+    # order): the same logits as with no compression at all.
+    full_logits = _ask(lm, prefill(lm, ids, None), question, k_len)
+    cache = prefill(lm, ids, press)
+    press.store.retrieve_tokens = k_len
+    with press.retrieving(lm.model):
+        everything = _ask(lm, cache, question, k_len)
+    assert cache.layers[0].keys.shape[2] == k_len + q_len
+    assert torch.allclose(everything, full_logits, atol=1e-4)
+    # ... and without the hooks the compressed cache answers differently (the test has teeth).
+    cache = prefill(lm, ids, press)
+    assert not torch.allclose(_ask(lm, cache, question, k_len), full_logits, atol=1e-3)
+
+
+def test_sentencekv_offload_rejects_a_bad_share(lm):
+    with pytest.raises(ConfigError, match="retrieval_share"):
+        make_press("sentencekv_offload", 0.25, tokenizer=lm.tokenizer, retrieval_share=1.0)
+
+
 def test_sentence_spans_cut_at_boundaries_and_long_runs():
     assert sentence_spans([1, 2, 9, 3, 9, 4], {9}, max_tokens=10) == [(0, 3), (3, 5), (5, 6)]
     assert sentence_spans(list(range(7)), set(), max_tokens=3) == [(0, 3), (3, 6), (6, 7)]

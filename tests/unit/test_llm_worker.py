@@ -330,6 +330,11 @@ def test_every_registry_press_serves_and_reuses(tiny, press):
         assert not kv["compressed"] and kv["kv_bytes"] == full_bytes
     else:
         assert kv["compressed"] and kv["kv_bytes"] < full_bytes
+    # Only SentenceKV's offload holds the full prefill off the device, and the LRU counts it.
+    offloaded = kv["kv_offloaded_bytes"]
+    assert (offloaded == full_bytes) if press == "sentencekv_offload" else offloaded == 0
+    held = kv["kv_bytes"] + offloaded + (full_bytes if press != "full" else 0)  # + the full entry
+    assert svc.stats()["context_cache"]["bytes"] == held
 
 
 def test_matches_kvpress_pipeline(tiny):

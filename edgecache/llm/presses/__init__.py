@@ -31,7 +31,13 @@ from .budgets import allocate_budgets
 from .compresskv import CompressKVPress
 from .measure import kv_bytes, kv_entries
 from .registry import PRESSES, PressSpec, make_press, press_spec, validate_budget
-from .sentencekv import SentenceKVPress, sentence_boundary_ids, sentence_spans
+from .sentencekv import (
+    OffloadingSentenceKVPress,
+    SentenceKVPress,
+    SentenceStore,
+    sentence_boundary_ids,
+    sentence_spans,
+)
 from .taskkv import TaskKVPress
 from .windowkv import TASKS, WindowKVPress, classify_task
 
@@ -39,8 +45,10 @@ __all__ = [
     "PRESSES",
     "TASKS",
     "CompressKVPress",
+    "OffloadingSentenceKVPress",
     "PressSpec",
     "SentenceKVPress",
+    "SentenceStore",
     "TaskKVPress",
     "WindowKVPress",
     "allocate_budgets",

@@ -18,7 +18,7 @@ from kvpress import (
 
 from ...errors import ConfigError
 from .compresskv import CompressKVPress
-from .sentencekv import SentenceKVPress, sentence_boundary_ids
+from .sentencekv import OffloadingSentenceKVPress, SentenceKVPress, sentence_boundary_ids
 from .taskkv import TaskKVPress
 from .windowkv import WindowKVPress
 
@@ -68,7 +68,13 @@ PRESSES: dict[str, PressSpec] = {
             "Task-KV: heterogeneous heads keep more; others sinks+recent+middle",
         ),
         PressSpec(
-            "sentencekv", SentenceKVPress, "edgecache", "SentenceKV: whole sentences by query-key similarity"
+            "sentencekv", SentenceKVPress, "edgecache", "SentenceKV: whole sentences by window attention"
+        ),
+        PressSpec(
+            "sentencekv_offload",
+            OffloadingSentenceKVPress,
+            "edgecache",
+            "SentenceKV with offload: half the budget kept, each question retrieves the rest",
         ),
     )
 }
@@ -111,9 +117,9 @@ def make_press(name: str, budget: float = 1.0, *, tokenizer: Any = None, **optio
             f"press {spec.name!r} has no option(s) {', '.join(sorted(unknown))}; "
             f"valid: {', '.join(sorted(allowed))}"
         )
-    if spec.factory is SentenceKVPress and "boundary_token_ids" not in options:
+    if issubclass(spec.factory, SentenceKVPress) and "boundary_token_ids" not in options:
         if tokenizer is None:
-            raise ConfigError("press 'sentencekv' needs tokenizer= (it splits the context into sentences)")
+            raise ConfigError(f"press {spec.name!r} needs tokenizer= (it splits the context into sentences)")
         options["boundary_token_ids"] = _cached_boundaries(tokenizer)
     try:
         return spec.factory(compression_ratio=1.0 - budget, **options)
