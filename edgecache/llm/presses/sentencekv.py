@@ -281,14 +281,15 @@ class OffloadingSentenceKVPress(SentenceKVPress):
     budget.
 
     The paper retrieves at every decoding step by similarity to sentence vectors (mean
-    keys). Here retrieval happens once per question, at its prefill (a multi-token forward
-    over a compressed cache; LouisKV's point that retrieving at semantic boundaries
-    suffices), and a sentence is scored, as at prefill, by the softmax attention the
-    question's tokens pay its tokens: the mean-key score lost needles to recent sentences
-    (see `SentenceKVPress`). Scoring reads every offloaded key once per question and layer,
-    on the offload side; only the chosen entries move back. kvpress's pipeline crops each
-    answer from the cache to the length before its question, which drops the retrieved
-    entries with it, so every question starts from the same compressed cache.
+    keys). Here retrieval happens once per question, in the first forward that reads the
+    compressed cache as prefill left it (the question's tokens; LouisKV's point that
+    retrieving at semantic boundaries suffices), and a sentence is scored, as at prefill,
+    by the softmax attention the question's tokens pay its tokens: the mean-key score lost
+    needles to recent sentences (see `SentenceKVPress`). Scoring reads every offloaded key
+    once per question and layer, on the offload side; only the chosen entries move back.
+    kvpress's pipeline crops each answer from the cache to the length before its question,
+    which drops the retrieved entries with it, so every question starts from the same
+    compressed cache.
 
     Use: `with press.retrieving(model):` around the pipeline call (or any forward that
     prefills, then asks), `make_press("sentencekv_offload", budget, tokenizer=...)`.
