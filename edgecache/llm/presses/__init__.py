@@ -1,9 +1,12 @@
-"""KV-cache compression presses: kvpress baselines plus WindowKV, CompressKV, TaskKV, SentenceKV.
+"""KV-cache compression presses: kvpress baselines plus WindowKV, CompressKV, TaskKV, SentenceKV
+(with and without its offload).
 
 Every press is a kvpress press: a dataclass whose hooks run after each attention layer
 during prefill and replace that layer's cached keys/values with the entries it keeps
 (`with press(model): model.model(input_ids=..., past_key_values=cache)`, or kvpress's
-`KVPressTextGenerationPipeline`). Decoding then runs on the compressed cache unchanged.
+`KVPressTextGenerationPipeline`). Decoding then runs on the compressed cache unchanged,
+except with `sentencekv_offload`, whose questions bring back evicted sentences from the
+store it offloads to (`with press.retrieving(model):`).
 
 `make_press(name, budget)` is the one entry point used by the worker and the benchmarks.
 `budget` is the fraction of the KV cache KEPT, in (0, 1]; kvpress itself speaks of
