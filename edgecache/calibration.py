@@ -10,6 +10,17 @@ whenever the choice says ``reason == "calibrated"`` and future traffic is exchan
 the observations (same distribution of queries and labels). Other reasons claim nothing:
 they are the fallbacks when the data cannot certify any threshold.
 
+That bounds the *population* rate. The rate a user measures over the next m lookups is a
+sample of it, and lands above a population rate just under δ often (at δ = 0.01 and m =
+12,743, about one time in three). With `horizon = m` the claim is about that measured rate:
+
+    P(wrong hits among the next m lookups > δ·m) <= 1 - confidence
+
+It is the population test run at level alpha / 2 for the target δ' = `horizon_delta(δ, m,
+alpha / 2)`, the largest rate whose m lookups exceed δ·m wrong hits with probability at most
+alpha / 2; a union bound over the two halves gives alpha. δ' approaches δ as m grows
+(0.0083 for δ = 0.01, m = 12,743), so a short horizon costs recall.
+
 Two error rates (`rate`):
 
 - ``"request"`` (the default; vCache's δ): P(a lookup is answered with a wrong cached
@@ -206,6 +217,16 @@ def clean_hits_needed(delta: float, confidence: float = 0.95) -> int:
     return max(1, math.ceil(math.log(1.0 - confidence) / math.log1p(-delta) - 1e-12))
 
 
+def horizon_delta(delta: float, horizon: int, level: float) -> float:
+    """The largest rate p whose `horizon` draws exceed delta·horizon wrong ones with
+    probability <= level: P(Bin(horizon, p) > floor(delta·horizon)) <= level."""
+    _check_unit("delta", delta)
+    _check_unit("level", level)
+    _check_count("horizon", horizon, 1)
+    allowed = math.floor(delta * horizon + 1e-9)
+    return _bisect(lambda p: binom_cdf(allowed, int(horizon), p), 1.0 - level, decreasing=True)
+
+
 # ---------------------------------------------------------------- choosing a threshold
 
 
@@ -214,7 +235,8 @@ class ThresholdChoice:
     """A threshold and the evidence behind it.
 
     reason:
-    - "calibrated": certified, P(rate at the threshold > delta) <= 1 - confidence;
+    - "calibrated": certified, P(rate at the threshold > delta) <= 1 - confidence (with a
+      horizon: the rate measured over that many lookups);
     - "default_cold_start": too little data to test anything, the default stays;
     - "default_uncertified": enough data to test, but neither a certified threshold nor
       proof that the default is unsafe; the default stays (no guarantee);
@@ -281,9 +303,12 @@ class _Rule:
     max_threshold: float
     rate: str
     feedback_rate: float = 1.0
+    horizon: int | None = None  # the realized rate over this many lookups (hits); None: population
 
     def __post_init__(self) -> None:
         _check_unit("delta", self.delta)
+        if self.horizon is not None:
+            _check_count("horizon", self.horizon, 1)
         _check_unit("confidence", self.confidence)
         _check_count("min_hits", self.min_hits, 1)
         _check_count("starts", self.starts, 1)
@@ -321,8 +346,13 @@ def _choose(
     (hits for "hit", lookups for "request"), wrong[i] wrong hits, hits[i] labelled hits.
     at_default / at_max: (n, wrong, hits) at the default and at max_threshold."""
     alpha = 1.0 - rule.confidence
+    target = rule.delta
+    if rule.horizon is not None:
+        # Half the error for the population bound, half for the next `horizon` draws.
+        alpha /= 2.0
+        target = horizon_delta(rule.delta, rule.horizon, alpha)
     # With feedback on a random fraction f of hits, "wrong and labelled" is Bin(lookups, f * r).
-    d = rule.delta * rule.feedback_rate
+    d = target * rule.feedback_rate
     n0_start = max(rule.min_hits, clean_hits_needed(d, 1.0 - alpha / rule.starts))
     starts: list[int] = []
     for j in range(rule.starts):
@@ -436,6 +466,7 @@ def choose_threshold(
     max_threshold: float = MAX_THRESHOLD,
     rate: str = "request",
     lookups: int | None = None,
+    horizon: int | None = None,
 ) -> ThresholdChoice:
     """The lowest threshold whose error rate is certified <= delta on a calibration set.
 
@@ -450,9 +481,11 @@ def choose_threshold(
     `rate`: "request" (wrong hits / lookups, the default) or "hit" (wrong hits / hits).
     See the module docstring for the rule; `min_hits` is the least denominator that counts
     (for the scan's start and for declaring a threshold unsafe), `starts` the number of
-    fixed sequences (1: plain fixed-sequence testing).
+    fixed sequences (1: plain fixed-sequence testing). `horizon`: certify the rate measured
+    over the next `horizon` lookups (hits for "hit") rather than the population rate (see
+    the module docstring).
     """
-    rule = _Rule(delta, confidence, min_hits, starts, max_threshold, rate)
+    rule = _Rule(delta, confidence, min_hits, starts, max_threshold, rate, horizon=horizon)
     _check_threshold("default", default)
     sims, ok = _as_observations(similarities, correct)
     n_lookups = _total_lookups(lookups, len(sims))
@@ -656,6 +689,9 @@ class OnlineCalibrator:
     closest levels are merged, into the higher one, which is always valid). About 60 KB
     per key at worst.
 
+    `horizon`: certify the rate measured over the next `horizon` lookups, not the population
+    rate (module docstring); None (the default) keeps the population guarantee.
+
     Repeated checking: choosing again after every observation is a repeated test, so the
     1 - confidence guarantee holds for one look at the data, not uniformly over time.
     Thread-safe: one lock guards all state.
@@ -671,8 +707,9 @@ class OnlineCalibrator:
         rate: str = "request",
         feedback_rate: float = 1.0,
         explore_gap: float | None = 0.02,
+        horizon: int | None = None,
     ) -> None:
-        self._rule = _Rule(delta, confidence, min_hits, starts, max_threshold, rate, feedback_rate)
+        self._rule = _Rule(delta, confidence, min_hits, starts, max_threshold, rate, feedback_rate, horizon)
         if explore_gap is not None and (
             isinstance(explore_gap, bool)
             or not isinstance(explore_gap, int | float)
@@ -687,6 +724,7 @@ class OnlineCalibrator:
         self.rate = rate
         self.feedback_rate = float(feedback_rate)
         self.explore_gap = None if explore_gap is None else float(explore_gap)
+        self.horizon = None if horizon is None else int(horizon)
         self._keys: dict[str, _KeyCounts] = {}
         self._version = 0  # bumped by every observation or seed of any key
         self._n_lookups = 0  # lookups counted online, all keys
@@ -882,6 +920,7 @@ class OnlineCalibrator:
                     "rate": self.rate,
                     "feedback_rate": self.feedback_rate,
                     "explore_gap": self.explore_gap,
+                    "horizon": self.horizon,
                 },
                 "keys": {
                     key: {

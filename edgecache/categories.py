@@ -110,7 +110,7 @@ class CategoryRules:
         if calibrator is None and self.policy.false_hit_target is not None:
             from .calibration import OnlineCalibrator
 
-            calibrator = OnlineCalibrator(self.policy.false_hit_target, self.policy.confidence)
+            calibrator = OnlineCalibrator(**self.policy.calibration_settings())
         self.calibrator = calibrator
         # No pair of categories accepts a context less alike than this (load never relaxes it).
         self.loosest_context = min(

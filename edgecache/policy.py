@@ -109,10 +109,14 @@ class Policy:
     # train accuracy (mapped categories) and the share of QQP train questions kept out of
     # the specific categories (0.749 / 0.913); benchmarks/categories.py reports both sides.
     min_category_score: float | None = 0.25
-    # Keep each category's false-hit rate (wrong hits / hits) at or below this, with
-    # `confidence`, by raising or lowering its threshold from feedback. None: fixed thresholds.
+    # Keep each category's false-hit rate (wrong hits per lookup, vCache's δ) at or below
+    # this, with `confidence`, by raising or lowering its threshold from feedback. None: fixed
+    # thresholds.
     false_hit_target: float | None = None
     confidence: float = 0.95
+    # Hold the target on the rate measured over this many lookups (what a dashboard shows for
+    # a period), not only on the long-run rate; costs recall for short horizons. None: long run.
+    false_hit_horizon: int | None = None
 
     def __post_init__(self) -> None:
         cats = self.categories
@@ -133,10 +137,21 @@ class Policy:
             raise ConfigError(f"policy.false_hit_target must be in (0, 1) or null, got {target!r}")
         if not _is_number(self.confidence) or not 0.5 <= self.confidence < 1.0:
             raise ConfigError(f"policy.confidence must be in [0.5, 1), got {self.confidence!r}")
+        horizon = self.false_hit_horizon
+        if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+            raise ConfigError(f"policy.false_hit_horizon must be an integer >= 1 or null, got {horizon!r}")
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.categories)
+
+    def calibration_settings(self) -> dict[str, Any]:
+        """The `OnlineCalibrator` settings this policy fixes (with false_hit_target set)."""
+        return {
+            "delta": self.false_hit_target,
+            "confidence": self.confidence,
+            "horizon": self.false_hit_horizon,
+        }
 
     def category(self, name: str) -> CategoryPolicy:
         for c in self.categories:

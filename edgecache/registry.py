@@ -169,12 +169,12 @@ class CacheRegistry:
         if data is not None:
             try:
                 saved = snapshot.decode(data, self.embedder.fingerprint)["calibration"]
-                saved["settings"] |= {"delta": policy.false_hit_target, "confidence": policy.confidence}
+                saved["settings"] |= policy.calibration_settings()
                 return OnlineCalibrator.from_dict(saved)
             except (SnapshotError, ValueError, KeyError, TypeError) as exc:
                 log.warning("calibration statistics unusable (%s); kept as %s.bad", exc, CALIBRATION_KEY)
                 self.store.put(f"{CALIBRATION_KEY}.bad", data)
-        return OnlineCalibrator(policy.false_hit_target, policy.confidence)
+        return OnlineCalibrator(**policy.calibration_settings())
 
     def loaded(self) -> list[SemanticCache]:
         with self._lock:

@@ -19,6 +19,7 @@ from edgecache.calibration import (
     binom_cdf,
     choose_threshold,
     clean_hits_needed,
+    horizon_delta,
     lower_bound,
     upper_bound,
 )
@@ -538,3 +539,53 @@ def test_version_1_snapshot_loads_as_hit_rate():
     assert cal.rate == "hit" and cal.explore_gap is None
     again = OnlineCalibrator.from_dict(cal.to_dict())
     assert again.to_dict() == cal.to_dict() and again.threshold("a", 0.8) == cal.threshold("a", 0.8)
+
+
+def test_horizon_delta_is_the_exact_binomial_boundary_and_tends_to_delta():
+    p = horizon_delta(0.01, 12_743, 0.025)
+    # 127 wrong hits allowed in 12,743 lookups; at p exactly 2.5% of samples have more.
+    assert math.isclose(binom_cdf(127, 12_743, p), 0.975, abs_tol=1e-9)
+    assert 0.0080 < p < 0.0088
+    targets = [horizon_delta(0.01, m, 0.025) for m in (100, 1_000, 10_000, 1_000_000)]
+    assert targets == sorted(targets) and targets[0] < 0.003 and 0.0098 < targets[-1] < 0.01
+    for bad in ({"horizon": 0}, {"horizon": 1.5}, {"delta": 0.0}, {"level": 1.0}):
+        with pytest.raises(ValueError):
+            horizon_delta(**({"delta": 0.01, "horizon": 100, "level": 0.05} | bad))
+    with pytest.raises(ValueError, match="horizon"):
+        OnlineCalibrator(0.01, horizon=0)
+
+
+def test_horizon_holds_the_rate_measured_over_the_next_lookups():
+    # The population guarantee lets the measured rate of the next m lookups exceed delta
+    # whenever the population rate sits just under it; with horizon=m it may not, in more
+    # than 1 - confidence of draws.
+    rng = np.random.default_rng(21)
+    delta, m, reps = 0.02, 2000, 200
+    over = {None: 0, m: 0}
+    thresholds: dict[int | None, list[float]] = {None: [], m: []}
+    for _ in range(reps):
+        calibration = synthetic(rng, 3000)
+        sims, ok = synthetic(rng, m)
+        for horizon in (None, m):
+            ch = choose_threshold(*calibration, delta, default=0.8, horizon=horizon)
+            assert ch.certified
+            thresholds[horizon].append(ch.threshold)
+            over[horizon] += int(((sims >= ch.threshold) & ~ok).sum()) > delta * m
+    assert over[m] <= 0.05 * reps < over[None]
+    assert np.mean(thresholds[m]) > np.mean(thresholds[None])  # the price: it serves less
+
+
+def test_horizon_survives_a_snapshot_and_comes_from_the_policy():
+    from edgecache.config import ConfigError
+    from edgecache.policy import Policy
+
+    cal = OnlineCalibrator(0.02, horizon=5000)
+    assert OnlineCalibrator.from_dict(cal.to_dict()).horizon == 5000
+    old = cal.to_dict()
+    del old["settings"]["horizon"]  # written before horizons existed: the population rate
+    assert OnlineCalibrator.from_dict(old).horizon is None
+    policy = Policy.from_dict({"false_hit_target": 0.02, "false_hit_horizon": 5000})
+    assert OnlineCalibrator(**policy.calibration_settings()).horizon == 5000
+    for bad in (0, 2.5, True, "many"):
+        with pytest.raises(ConfigError, match="false_hit_horizon"):
+            Policy.from_dict({"false_hit_target": 0.02, "false_hit_horizon": bad})
