@@ -167,6 +167,21 @@ def online_run(cal: OnlineCalibrator, stream: np.ndarray, obs: dict, held: dict,
     }
 
 
+def delta_rows(rows: list[dict]) -> list[str]:
+    """Per-request δ table: the choice on validation, its outcome on test."""
+    lines = [
+        "| target δ | threshold | reason | val UCB | test per-request | test per-hit | test recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, t = r["choice"], r["test"]
+        lines.append(
+            f"| {r['delta']} | {c['threshold']:.3f} | {c['reason']} | {c['upper_bound']:.4f} | "
+            f"{t['per_request_error']:.4f} | {t['false_hit_rate']:.4f} | {t['recall']:.4f} |"
+        )
+    return lines
+
+
 def markdown(report: dict) -> str:
     fx = report["fixed_default_on_test"]
     lines = [
@@ -174,33 +189,15 @@ def markdown(report: dict) -> str:
         f"({report['setting']['validation_lookups']} lookups), reported on test "
         f"({report['setting']['test_lookups']} lookups), confidence {CONFIDENCE}:",
         "",
-        "| target δ | threshold | reason | val UCB | test per-request | test per-hit | test recall |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in report["main"]:
-        c, t = r["choice"], r["test"]
-        lines.append(
-            f"| {r['delta']} | {c['threshold']:.3f} | {c['reason']} | {c['upper_bound']:.4f} | "
-            f"{t['per_request_error']:.4f} | {t['false_hit_rate']:.4f} | {t['recall']:.4f} |"
-        )
-    lines.append(
+        *delta_rows(report["main"]),
         f"| fixed 0.80 | 0.800 | - | - | {fx['per_request_error']:.4f} | {fx['false_hit_rate']:.4f} | "
-        f"{fx['recall']:.4f} |"
-    )
-    lines += [
+        f"{fx['recall']:.4f} |",
         "",
         f"The same with horizon = {report['setting']['test_lookups']} (the rate measured over that many "
         "lookups, not the population rate, is held to δ):",
         "",
-        "| target δ | threshold | reason | test per-request | test per-hit | test recall |",
-        "|---|---|---|---|---|---|",
+        *delta_rows(report["horizon"]),
     ]
-    for r in report["horizon"]:
-        c, t = r["choice"], r["test"]
-        lines.append(
-            f"| {r['delta']} | {c['threshold']:.3f} | {c['reason']} | "
-            f"{t['per_request_error']:.4f} | {t['false_hit_rate']:.4f} | {t['recall']:.4f} |"
-        )
     lines += [
         "",
         "Per-hit rate (wrong hits / hits), same protocol (starts = 3; starts = 1 threshold in brackets):",
