@@ -76,6 +76,7 @@ Everything is pure Python + numpy; nothing here touches a model or the cache.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -217,6 +218,7 @@ def clean_hits_needed(delta: float, confidence: float = 0.95) -> int:
     return max(1, math.ceil(math.log(1.0 - confidence) / math.log1p(-delta) - 1e-12))
 
 
+@functools.lru_cache(maxsize=64)  # the calibrator asks again on every recomputation
 def horizon_delta(delta: float, horizon: int, level: float) -> float:
     """The largest rate p whose `horizon` draws exceed delta·horizon wrong ones with
     probability <= level: P(Bin(horizon, p) > floor(delta·horizon)) <= level."""
