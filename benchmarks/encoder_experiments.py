@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecache.evaluation import pairwise
+from edgecache.evalrun import balanced_report
+from edgecache.evaluation import pairwise, pairwise_hits, sweep_of
 from edgecache.metrics import Scores, at, best
 
 
@@ -26,3 +27,11 @@ def chosen_on_validation(
     sweeps = {split: pairwise(a[split], b[split], y[split], dtype) for split in ("validation", "test")}
     chosen = best(sweeps["validation"])
     return chosen, at(sweeps["test"], chosen.threshold)
+
+
+def balanced_on_validation(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], y: dict[str, np.ndarray], dtype: str = "f32"
+) -> dict:
+    """The same on MeanCache's half-duplicate construction (`evalrun.balanced_report`)."""
+    hits = {split: pairwise_hits(a[split], b[split], dtype) for split in ("validation", "test")}
+    return balanced_report(lambda split, rows: sweep_of(hits[split], y[split], rows=rows), y)

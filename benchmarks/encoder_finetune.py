@@ -29,6 +29,7 @@ from encoder_experiments import chosen_on_validation, warmup_then_decay  # a sib
 
 from edgecache.evaldata import load_qqp
 from edgecache.modelbuild import source_model_dir
+from edgecache.projection_fit import pair_loss
 
 OUT = Path(__file__).parent / "results" / "encoder_finetune.json"
 
@@ -157,14 +158,7 @@ def main() -> None:
             emb = embed_batch([index[p.a] for p in pairs] + [index[p.b] for p in pairs])
             pa, pb = emb[: len(pairs)], emb[len(pairs) :]
             label = torch.tensor([float(p.label) for p in pairs])
-            logit = scale * (pa * pb).sum(-1) + bias
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label)
-            pos = label > 0.5
-            if int(pos.sum()) > 1 and args.infonce_weight > 0:
-                logits = pa[pos] @ torch.cat([pb[pos], pb[~pos]]).T / 0.05
-                loss = loss + args.infonce_weight * torch.nn.functional.cross_entropy(
-                    logits, torch.arange(int(pos.sum()))
-                )
+            loss = pair_loss(pa, pb, label, scale, bias, args.infonce_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()

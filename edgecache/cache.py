@@ -25,7 +25,7 @@ from .eviction import STRATEGIES
 from .followups import FollowUpTable
 from .guards import veto
 from .load import LoadSignal
-from .results import CacheStats, Entry, LookupResult
+from .results import ENTRY_FIELDS, CacheStats, Entry, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
 from .vectorindex import VectorIndex
@@ -554,7 +554,8 @@ class SemanticCache:
                 "fingerprint": self.embedder.fingerprint,
                 "user_key": self.key,
                 "bodies_external": self.bodies is not None,
-                "entries": [e.to_record() for e in self._entries.values()],
+                "entry_fields": list(ENTRY_FIELDS),
+                "entries": [e.to_row() for e in self._entries.values()],
                 "index": self._index.to_bytes(),
             }
         )
@@ -649,7 +650,11 @@ class SemanticCache:
                 else "snapshot holds response bodies inline; open it without a bodies store"
             )
         try:
-            entries = {r["id"]: Entry.from_record(r) for r in payload["entries"]}
+            if payload["version"] == 1:
+                loaded = [Entry.from_record(r) for r in payload["entries"]]
+            else:
+                loaded = [Entry.from_row(payload["entry_fields"], r) for r in payload["entries"]]
+            entries = {e.id: e for e in loaded}
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"snapshot entries are malformed: {exc}") from exc
         index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)

@@ -18,6 +18,22 @@ from .metrics import best
 from .projection import Projection, fit_pca
 
 
+def pair_loss(pa, pb, label, scale, bias, infonce_weight: float = 0.5, temperature: float = 0.05):
+    """The head's training loss on a batch of unit vectors of labelled pairs (torch tensors).
+
+    A logistic loss on the scaled cosine of each pair (is it a duplicate?) plus, weighted, an
+    in-batch InfoNCE over the duplicates (is the duplicate nearer than every other question?).
+    """
+    import torch
+
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(scale * (pa * pb).sum(-1) + bias, label)
+    pos = label > 0.5
+    if int(pos.sum()) > 1 and infonce_weight > 0:
+        logits = pa[pos] @ torch.cat([pb[pos], pb[~pos]]).T / temperature
+        loss = loss + infonce_weight * torch.nn.functional.cross_entropy(logits, torch.arange(int(pos.sum())))
+    return loss
+
+
 def fit_learned(
     train: tuple[np.ndarray, np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -56,15 +72,7 @@ def fit_learned(
         order = torch.from_numpy(rng.permutation(len(y)))
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            pa, pb, label = project(a[idx]), project(b[idx]), y[idx]
-            cos = (pa * pb).sum(-1)
-            pair_loss = torch.nn.functional.binary_cross_entropy_with_logits(scale * cos + bias, label)
-            pos = label > 0.5
-            loss = pair_loss
-            if int(pos.sum()) > 1:
-                logits = pa[pos] @ torch.cat([pb[pos], pb[~pos]]).T / temperature
-                target = torch.arange(int(pos.sum()))
-                loss = loss + 0.5 * torch.nn.functional.cross_entropy(logits, target)
+            loss = pair_loss(project(a[idx]), project(b[idx]), y[idx], scale, bias, temperature=temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()

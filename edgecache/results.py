@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .decision import Reason
@@ -32,12 +32,24 @@ class Entry:
     last_threshold: float | None = None
     last_category: str | None = None
 
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_row(self) -> list[Any]:
+        """Values in `ENTRY_FIELDS` order: snapshots store the names once, not per entry."""
+        return [getattr(self, name) for name in ENTRY_FIELDS]
+
+    @classmethod
+    def from_row(cls, names: list[str], row: list[Any]) -> Entry:
+        """An entry from a snapshot row; fields the writer did not have take their defaults."""
+        if len(names) != len(row):
+            raise ValueError(f"row has {len(row)} values for {len(names)} fields")
+        return cls(**dict(zip(names, row, strict=True)))
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Entry:
+        """An entry from a format-1 snapshot, which stored each entry as a map."""
         return cls(**record)
+
+
+ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 
 
 @dataclass(frozen=True)

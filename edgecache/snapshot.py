@@ -15,7 +15,9 @@ import msgpack
 from .errors import SnapshotError
 
 MAGIC = b"EDGECSNP"
-FORMAT_VERSION = 1
+# 2: entries as rows under one list of field names (format 1 repeated the names per entry).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _HEADER = len(MAGIC) + 32
 
 
@@ -36,10 +38,10 @@ def decode(data: bytes, fingerprint: str) -> dict[str, Any]:
         payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # checksum passed, so this is a writer bug
         raise SnapshotError(f"snapshot payload is unreadable: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("version") not in READABLE_VERSIONS:
         raise SnapshotError(
             f"snapshot format version {payload.get('version') if isinstance(payload, dict) else '?'}"
-            f" is not supported (this edgecache reads version {FORMAT_VERSION})"
+            f" is not supported (this edgecache reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     if payload.get("fingerprint") != fingerprint:
         raise SnapshotError(

@@ -14,6 +14,7 @@ from edgecache import (
     cached,
 )
 from edgecache.registry import CacheRegistry
+from edgecache.results import Entry
 from edgecache.vectorindex import VectorIndex
 from tests.helpers import HashingEmbedder
 
@@ -78,11 +79,48 @@ def test_snapshot_with_malformed_context_vector_is_refused(make_cache):
     cache = make_cache()
     cache.insert("and its population", "x", context=["tell me about france"])
     payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
-    payload["entries"][0]["context_vector"] = b"\x00" * 6
+    payload["entries"][0][payload["entry_fields"].index("context_vector")] = b"\x00" * 6
     payload.pop("version")
     with pytest.raises(SnapshotError, match="context vectors"):
         cache.restore(snapshot.encode(payload))
     assert cache.lookup("and its population", context=["tell me about france"]).hit
+
+
+def test_snapshot_rows_of_the_wrong_width_are_refused(make_cache):
+    from edgecache import snapshot
+
+    cache = make_cache()
+    cache.insert("how do I cook rice", "boil it")
+    payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
+    payload["entries"][0] = payload["entries"][0][:-1]
+    payload.pop("version")
+    with pytest.raises(SnapshotError, match="malformed"):
+        cache.restore(snapshot.encode(payload))
+    assert cache.lookup("how do I cook rice").hit
+
+
+def test_format_1_snapshots_still_load(make_cache):
+    """Format 1 stored each entry as a map; caches saved before format 2 must open."""
+    import hashlib
+    from dataclasses import asdict
+
+    import msgpack
+
+    from edgecache import snapshot
+
+    cache = make_cache()
+    cache.insert("how do I cook rice", "boil it", metadata={"model": "m"})
+    cache.insert("and its population", "67 million", context=["tell me about france"])
+    payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
+    names = payload.pop("entry_fields")
+    rows = [Entry.from_row(names, r) for r in payload["entries"]]
+    body = msgpack.packb({**payload, "entries": [asdict(e) for e in rows], "version": 1}, use_bin_type=True)
+    old = snapshot.MAGIC + hashlib.sha256(body).digest() + body
+    fresh = make_cache()
+    fresh.restore(old)
+    assert fresh.lookup("how do I cook rice").response == "boil it"
+    assert fresh.lookup("and its population", context=["tell me about france"]).response == "67 million"
+    assert len(fresh.to_bytes()) < len(old)
 
 
 def test_only_recent_context_turns_count(make_cache):

@@ -1,8 +1,19 @@
 import numpy as np
+import pytest
 
 from edgecache import CacheConfig
 from edgecache.evaldata import FollowUpPair, Pair, _component_split, load_followup_pairs
-from edgecache.evaluation import emulate_storage, followup_pairs, pairwise, pooled, retrieval, same_topic
+from edgecache.evaluation import (
+    balanced_rows,
+    emulate_storage,
+    followup_pairs,
+    pairwise,
+    pairwise_hits,
+    pooled,
+    retrieval,
+    same_topic,
+    sweep_of,
+)
 from edgecache.metrics import at, best, scores
 
 
@@ -26,6 +37,28 @@ def test_pairwise_counts_every_pair_once():
     labels = np.array([1, 0, 0])
     (s,) = pairwise(a, b, labels, thresholds=[0.9])
     assert (s.tp, s.fp, s.fn) == (1, 1, 0)
+
+
+def test_balanced_rows_keep_every_duplicate_and_as_many_others():
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0])
+    rows = balanced_rows(labels, seed=3)
+    assert set(np.flatnonzero(labels == 1)) <= set(rows) and len(rows) == 6 and len(set(rows)) == 6
+    assert labels[rows].sum() == 3
+    assert np.array_equal(rows, balanced_rows(labels, seed=3))
+    with pytest.raises(ValueError, match="cannot balance"):
+        balanced_rows(np.array([1, 1, 0]), seed=0)
+
+
+def test_sweep_over_rows_counts_only_those_pairs():
+    a = np.stack([unit(1, 0), unit(1, 0), unit(1, 0), unit(1, 0)])
+    b = np.stack([unit(1, 0.1), unit(0, 1), unit(1, 0.2), unit(1, 0.05)])
+    labels = np.array([1, 0, 0, 0])
+    hits = pairwise_hits(a, b, thresholds=[0.9])
+    assert hits.tolist() == [[True, False, True, True]]
+    (all_pairs,) = sweep_of(hits, labels, [0.9])
+    (some,) = sweep_of(hits, labels, [0.9], rows=np.array([0, 1]))
+    assert (all_pairs.tp, all_pairs.fp, all_pairs.fn) == (1, 2, 0)
+    assert (some.tp, some.fp, some.fn, some.precision) == (1, 0, 0, 1.0)
 
 
 def test_retrieval_needs_own_pair_and_lenient_accepts_exact_text():
