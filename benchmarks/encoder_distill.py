@@ -37,11 +37,11 @@ from encoder_experiments import (  # a sibling module
     chosen_on_validation,
     warmup_then_decay,
 )
-from encoder_latency import latency  # a sibling script
+from encoder_latency import latencies  # a sibling script
 
 from edgecache.encoder import TOKENIZER_FILE, Encoder, current_model_dir, load_encoder
 from edgecache.evalrun import qqp_vectors
-from edgecache.modelbuild import _export_fp32, _quantize, source_model_dir
+from edgecache.modelbuild import _export_fp32, _fuse, _quantize, source_model_dir
 from edgecache.projection import shipped
 from edgecache.projection_fit import fit_learned, pair_loss
 
@@ -202,7 +202,8 @@ def main() -> None:
         for f in src.iterdir():
             if f.name not in {"config.json", "model.safetensors"} and not (folder / f.name).exists():
                 (folder / f.name).symlink_to(f)
-        _export_fp32(folder, folder / "fp32.onnx")
+        _export_fp32(folder, folder / "exported.onnx")
+        _fuse(folder / "exported.onnx", folder / "fp32.onnx", folder)  # as the shipped build does
         _quantize(folder / "fp32.onnx", folder / "int8.onnx", "int8-per-channel")
         tok = current_model_dir() / TOKENIZER_FILE
         small = Encoder(folder / "int8.onnx", tok, threads=1)
@@ -214,14 +215,10 @@ def main() -> None:
         }
         queries = [p.a for p in splits["test"][:400]]
         shipped_encoder = Encoder(current_model_dir() / "model.onnx", tok, threads=1)
-        runs = {"shipped_int8": [], "student_int8": []}
-        for _ in range(3):  # interleaved, best of three: the machine is shared
-            runs["shipped_int8"].append(latency(shipped_encoder, queries)["p50_ms"])
-            runs["student_int8"].append(latency(small, queries)["p50_ms"])
-    p50 = {k: min(v) for k, v in runs.items()}
+        timed = latencies({"shipped_int8": shipped_encoder, "student_int8": small}, queries)
+    p50 = {k: v["p50_ms"] for k, v in timed.items()}
     result["latency_one_query_one_thread"] = {
         "p50_ms": p50,
-        "runs_p50_ms": runs,
         "student_vs_shipped": p50["student_int8"] / p50["shipped_int8"],
     }
     result["train_questions"] = len(train)

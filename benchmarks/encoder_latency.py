@@ -1,11 +1,11 @@
-"""Single-query encoder latency on one thread: the shipped int8 graph vs fp32 and vs
-onnxruntime's BERT fusion (Attention, EmbedLayerNormalization, SkipLayerNormalization,
-BiasGelu), fp32 and int8 (per-channel, as shipped).
+"""Single-query encoder latency on one thread: the shipped graph (onnxruntime's BERT fusion:
+Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu; then per-channel
+int8) against the same export without the fusion, int8 and fp32.
 
-The lookup-latency goal (p50 <= 3 ms) is spent mostly in the encoder; this measures whether
-the transformer-specific graph fusion buys anything over the runtime's own ORT_ENABLE_ALL.
-Queries are QQP test questions, encoded one at a time, in the same process (ratios to the
-shipped model are what to read on a noisy machine).
+The lookup-latency goal (p50 <= 3 ms) is spent mostly in the encoder; this measures what
+the transformer-specific graph fusion buys over the runtime's own ORT_ENABLE_ALL.
+Queries are QQP test questions, encoded one at a time, every model in turn on each query in
+the same process (ratios to the shipped model are what to read on a noisy machine).
 
     .venv/bin/python benchmarks/encoder_latency.py  ->  benchmarks/results/encoder_latency.json
 """
@@ -21,40 +21,28 @@ import numpy as np
 
 from edgecache.encoder import TOKENIZER_FILE, Encoder, current_model_dir
 from edgecache.evaldata import load_qqp
-from edgecache.modelbuild import _export_fp32, source_model_dir
+from edgecache.modelbuild import DEFAULT_RECIPE, _export_fp32, _fuse, _quantize, source_model_dir
 
 OUT = Path(__file__).parent / "results" / "encoder_latency.json"
 N_QUERIES = 400
 
 
-def fuse_and_quantize(fp32: Path, folder: Path) -> tuple[Path, Path, dict]:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    fused = optimize_model(str(fp32), model_type="bert", num_heads=12, hidden_size=384)
-    stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
-    fused.save_model_to_file(str(folder / "fused.onnx"))
-    quantize_dynamic(
-        str(folder / "fused.onnx"),
-        str(folder / "fused-int8.onnx"),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # Fused contrib ops carry no inferred output types.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    return folder / "fused.onnx", folder / "fused-int8.onnx", stats
-
-
-def latency(encoder: Encoder, queries: list[str]) -> dict:
+def latencies(encoders: dict[str, Encoder], queries: list[str], rounds: int = 3) -> dict[str, dict]:
+    """p50/p90 per encoder, timed in turn on each query so load on the machine hits all alike."""
     for q in queries[:20]:
-        encoder.encode([q])
-    ms = []
-    for q in queries:
-        t0 = time.perf_counter()
-        encoder.encode([q])
-        ms.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90))}
+        for encoder in encoders.values():
+            encoder.encode([q])
+    ms: dict[str, list[float]] = {name: [] for name in encoders}
+    for _ in range(rounds):
+        for q in queries:
+            for name, encoder in encoders.items():
+                t0 = time.perf_counter()
+                encoder.encode([q])
+                ms[name].append((time.perf_counter() - t0) * 1000)
+    return {
+        name: {"p50_ms": float(np.percentile(v, 50)), "p90_ms": float(np.percentile(v, 90))}
+        for name, v in ms.items()
+    }
 
 
 def main() -> None:
@@ -63,21 +51,22 @@ def main() -> None:
     tokenizer = shipped / TOKENIZER_FILE
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        _export_fp32(source_model_dir(), folder / "fp32.onnx")
-        fused, fused_int8, stats = fuse_and_quantize(folder / "fp32.onnx", folder)
+        src = source_model_dir()
+        _export_fp32(src, folder / "fp32.onnx")
+        stats = _fuse(folder / "fp32.onnx", folder / "fused-fp32.onnx", src)
+        _quantize(folder / "fp32.onnx", folder / "unfused-int8.onnx", DEFAULT_RECIPE)
         models = {
             "shipped-int8": shipped / "model.onnx",
+            "unfused-int8": folder / "unfused-int8.onnx",
             "fp32": folder / "fp32.onnx",
-            "fused-fp32": fused,
-            "fused-int8": fused_int8,
+            "fused-fp32": folder / "fused-fp32.onnx",
         }
         encoders = {name: Encoder(path, tokenizer, threads=1) for name, path in models.items()}
         reference = encoders["fp32"].encode(queries)
-        rows = {}
+        rows = latencies(encoders, queries)
         for name, encoder in encoders.items():
             cos = np.sum(encoder.encode(queries) * reference, axis=1)
-            rows[name] = {
-                **latency(encoder, queries),
+            rows[name] |= {
                 "cosine_to_fp32_min": float(cos.min()),
                 "cosine_to_fp32_mean": float(cos.mean()),
             }

@@ -19,7 +19,7 @@ from .categories import CategoryRules, RulesNow
 from .config import CacheConfig
 from .decision import Candidate, Reason, Thresholds, first_hit
 from .embedder import Embedder, shared_embedder
-from .encoder import length_batches
+from .encoder import batches
 from .errors import ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .eviction import STRATEGIES
 from .followups import FollowUpTable
@@ -138,7 +138,7 @@ class SemanticCache:
         allv = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
         rawv: np.ndarray | None = None
         truncated = [False] * len(texts)
-        for idx in length_batches(texts, batch_size):
+        for idx in batches(len(texts), batch_size):
             out = self.embedder.embed([texts[i] for i in idx])
             allv[idx] = out.vectors
             if out.raw is not None:

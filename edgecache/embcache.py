@@ -7,8 +7,12 @@ import os
 
 import numpy as np
 
-from .encoder import Encoder, length_batches
+from .encoder import Encoder, batches
 from .home import edgecache_home
+
+# How the vectors were computed, beside the model: batched runs (before 2026-11-30) gave
+# vectors that depended on their batch-mates, so they must not be read as today's.
+ENCODING = "one text per run"
 
 
 def _progress(total: int, desc: str):
@@ -26,7 +30,7 @@ def encode_cached(
 
     Saving is best effort: on a read-only home (a Lambda layer under /opt) the vectors are
     still returned, just not kept."""
-    digest = hashlib.sha256(encoder.fingerprint.encode())
+    digest = hashlib.sha256(f"{encoder.fingerprint}:{ENCODING}".encode())
     for t in texts:
         digest.update(t.encode("utf-8", "surrogatepass") + b"\x00")
     path = edgecache_home() / "embeddings" / f"{digest.hexdigest()[:24]}.npy"
@@ -34,7 +38,7 @@ def encode_cached(
         return np.load(path)
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
     bar = _progress(len(texts), desc) if progress else None
-    for idx in length_batches(texts, batch_size):
+    for idx in batches(len(texts), batch_size):
         out[idx] = encoder.encode_detailed([texts[i] for i in idx]).vectors
         if bar is not None:
             bar.update(len(idx))

@@ -19,17 +19,17 @@ MAX_TOKENS = 256
 
 
 def configure_tokenizer(tokenizer: Tokenizer, max_tokens: int = MAX_TOKENS) -> Tokenizer:
-    """The shipped tokenizer.json pads and truncates to 128; we keep 256 and pad per batch."""
+    """The shipped tokenizer.json pads and truncates to 128; we keep 256 and never pad (each
+    text runs through the graph on its own, see `Encoder.encode_detailed`)."""
     tokenizer.enable_truncation(max_length=max_tokens)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer.no_padding()
     return tokenizer
 
 
-def length_batches(texts: list[str], batch_size: int) -> Iterator[list[int]]:
-    """Indices of `texts` in batches of similar length, so padding wastes little work."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+def batches(count: int, size: int) -> Iterator[list[int]]:
+    """Indices 0..count-1 in consecutive lists of at most `size`."""
+    for start in range(0, count, size):
+        yield list(range(start, min(start + size, count)))
 
 
 @dataclass(frozen=True)
@@ -62,22 +62,25 @@ class Encoder:
         self.max_tokens = max_tokens
 
     def encode_detailed(self, texts: list[str]) -> Encoded:
-        if not texts:
-            return Encoded(np.zeros((0, self.dim), dtype=np.float32), [])
-        batch = self._tokenizer.encode_batch(texts)
-        ids = np.asarray([e.ids for e in batch], dtype=np.int64)
-        mask = np.asarray([e.attention_mask for e in batch], dtype=np.int64)
-        (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
-        return Encoded(np.ascontiguousarray(vectors, dtype=np.float32), [bool(e.overflowing) for e in batch])
+        """One graph run per text. The int8 graph quantizes its activations with one scale per
+        tensor, taken from their range: run in a batch, the other texts and their padding
+        would move a text's vector (cosine down to 0.975 for "hi"). Alone, a text's vector
+        depends on the text only, so a lookup sees exactly what a bulk insert stored; on one
+        thread it is also no slower than batches of 64 (204 against 184 texts/s)."""
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        truncated = []
+        for i, e in enumerate(self._tokenizer.encode_batch(texts) if texts else []):
+            ids = np.asarray([e.ids], dtype=np.int64)
+            (out,) = self._session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            vectors[i] = out[0]
+            truncated.append(bool(e.overflowing))
+        return Encoded(vectors, truncated)
 
-    def encode(self, texts: str | list[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: str | list[str]) -> np.ndarray:
         """One string gives shape (dim,); a list gives (n, dim)."""
         if isinstance(texts, str):
             return self.encode_detailed([texts]).vectors[0]
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for idx in length_batches(texts, batch_size):
-            out[idx] = self.encode_detailed([texts[i] for i in idx]).vectors
-        return out
+        return self.encode_detailed(texts).vectors
 
 
 def current_model_dir(home: Path | None = None, name: str = DEFAULT_MODEL_NAME) -> Path:

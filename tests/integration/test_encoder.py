@@ -19,7 +19,26 @@ def test_vectors_are_unit_and_batch_matches_single():
     assert batch.shape == (3, 384)
     assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-3)
     single = np.stack([enc.encode(t) for t in texts])
-    assert np.min(np.sum(batch * single, axis=1)) > 0.98  # padding does not change meaning
+    # A text's vector is a function of the text alone, not of what it was encoded beside.
+    assert np.array_equal(batch, single)
+    assert np.array_equal(enc.encode(texts[::-1])[::-1], batch)
+
+
+def test_built_graph_runs_fused_attention_and_matches_the_shipped_projections():
+    import json
+
+    import onnx
+
+    from edgecache.projection import shipped
+
+    folder = current_model_dir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    ops = [n.op_type for n in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node]
+    # One fused (quantized) attention per transformer layer: the unfused MatMul/Softmax chain is gone.
+    assert manifest["fused_ops"]["Attention"] == ops.count("QAttention") == 6
+    assert "Softmax" not in ops
+    # The pinned build reproduces the graph the shipped projections were fitted on.
+    assert shipped("learned-64").info["fitted_on_encoder"] == manifest["sha256"]
 
 
 def test_paraphrase_is_nearer_than_unrelated():
