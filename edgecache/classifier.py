@@ -12,11 +12,11 @@ model; ~40 us per query (prototype mode: ~14 us).
 
 Measured (``benchmarks/categories.py``, numbers in ``benchmarks/README.md``):
 - method: k-NN (k=3, the mean of a category's 3 most similar seeds) beat prototypes,
-  nearest seed and k=5 in every space on CLINC150 ``train`` (learned-64: 0.518 vs 0.498
+  nearest seed and k=5 in every space on CLINC150 ``train`` (learned-64: 0.531 vs 0.515
   prototype); it was chosen there, never on the reported splits.
 - space: the cache's learned 64-d head was trained to tell paraphrases apart, and it
-  discards topic: CLINC 10-domain accuracy 0.50 there vs 0.71 on the raw 384-d encoder
-  vectors (0.64 with PCA-64). The class works with any embedder; give it raw encoder
+  discards topic: CLINC 10-domain accuracy 0.51 there vs 0.71 on the raw 384-d encoder
+  vectors (0.63 with PCA-64). The class works with any embedder; give it raw encoder
   vectors (projection "none") where accuracy matters more than reusing the cache vector.
 """
 

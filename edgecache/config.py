@@ -27,7 +27,7 @@ class CacheConfig:
     # contextual set plus half of our same-topic follow-up pairs at precision >= 0.95 and
     # are reported on the other halves (benchmarks/README.md).
     followup_threshold: float = 0.75
-    context_threshold: float = 0.80
+    context_threshold: float = 0.85
     ttl_seconds: float | None = None
     projection: str = "learned-64"
     dtype: str = "i8"
