@@ -143,3 +143,29 @@ def test_followup_pairs_count_own_hits_and_same_topic_false_hits(embedder):
     assert (both["tp"], both["fp"], both["fn"]) == (2, 2, 2) and both["precision"] == 0.5
     shipped = load_followup_pairs()
     assert len(shipped) >= 100 and {p.must_hit for p in shipped} == {True, False}
+
+
+def test_balanced_report_picks_on_validation_and_also_reports_the_default_threshold():
+    from edgecache.evalrun import balanced_report
+
+    labels = {"validation": np.array([1, 0, 0, 1, 0, 0]), "test": np.array([1, 0, 0, 0, 1, 0])}
+    # Pairs as similarities; a pair is a hit at t when its similarity >= t.
+    sims = {
+        "validation": np.array([0.9, 0.6, 0.5, 0.75, 0.55, 0.4]),
+        "test": np.array([0.7, 0.5, 0.6, 0.5, 0.9, 0.3]),
+    }
+    thresholds = [0.6, 0.7, 0.8]
+
+    def sweep(split, rows):
+        hits = np.array([sims[split] >= t for t in thresholds])
+        return sweep_of(hits, labels[split], thresholds, rows=rows)
+
+    report = balanced_report(sweep, labels, default_threshold=0.8)
+    assert report["validation_best"]["threshold"] == 0.7
+    chosen, default = report["test_at_validation_threshold"], report["test_at_default_threshold"]
+    assert chosen["threshold"] == 0.7 and default["threshold"] == 0.8
+    # At 0.7 both test duplicates hit and no non-duplicate reaches 0.7: F1 1 on every draw.
+    assert chosen["f1"] == 1.0 and chosen["pairs"] == 4
+    # At 0.8 only one of the two duplicates hits.
+    assert default["recall"] == 0.5 and default["precision"] == 1.0
+    assert "test_at_default_threshold" not in balanced_report(sweep, labels)
