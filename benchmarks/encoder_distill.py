@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from encoder_experiments import (  # a sibling module
     balanced_on_validation,
     chosen_on_validation,
+    minilm,
     warmup_then_decay,
 )
 from encoder_latency import latencies  # a sibling script
@@ -65,17 +65,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    tokenizer, student = minilm(args.threads, args.seed)
     teacher = load_encoder(threads=1)
     data = qqp_vectors(teacher)
     src = source_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    student = AutoModel.from_pretrained(str(src), attn_implementation="eager")
     n = len(student.encoder.layer)
     keep = (
         [round(i * (n - 1) / max(args.layers - 1, 1)) for i in range(args.layers)] if args.layers > 1 else [0]

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from edgecache.evalrun import balanced_report
 from edgecache.evaluation import pairwise, pairwise_hits, sweep_of
 from edgecache.metrics import Scores, at, best
+from edgecache.modelbuild import source_model_dir
+
+
+def minilm(threads: int, seed: int):
+    """(tokenizer, model) of the packaged all-MiniLM-L6-v2 in torch, offline, seeded."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    src = source_model_dir()
+    model = AutoModel.from_pretrained(str(src), attn_implementation="eager")
+    return AutoTokenizer.from_pretrained(str(src)), model
+
+
+def run_layers(layers, hidden, mask):
+    """BERT layers on hidden states, padding (mask 0) masked out of attention."""
+    import torch
+
+    extended = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    for layer in layers:
+        out = layer(hidden, attention_mask=extended)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def warmup_then_decay(optimizer, total_steps: int, warmup_fraction: float):

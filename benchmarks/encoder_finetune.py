@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-from encoder_experiments import chosen_on_validation, warmup_then_decay  # a sibling module
+from encoder_experiments import chosen_on_validation, minilm, run_layers, warmup_then_decay  # siblings
 
 from edgecache.evaldata import load_qqp
-from edgecache.modelbuild import source_model_dir
 from edgecache.projection_fit import pair_loss
 
 OUT = Path(__file__).parent / "results" / "encoder_finetune.json"
@@ -47,30 +45,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    src = source_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    bert = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
+    tokenizer, bert = minilm(args.threads, args.seed)
+    bert.eval()
     splits = load_qqp()
     texts = sorted({t for s in splits.values() for p in s for t in (p.a, p.b)})
     index = {t: i for i, t in enumerate(texts)}
     n_layers = len(bert.encoder.layer)
     low = n_layers - args.layers
-
-    def additive(mask: torch.Tensor) -> torch.Tensor:
-        return (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-
-    def run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        extended = additive(mask)
-        for layer in layers:
-            out = layer(hidden, attention_mask=extended)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
 
     t0 = time.perf_counter()
     ids = tokenizer(texts, truncation=True, max_length=256)["input_ids"]

@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from encoder_experiments import warmup_then_decay  # a sibling module
+from encoder_experiments import minilm, run_layers, warmup_then_decay  # siblings
 
 from edgecache import metrics
 from edgecache.decision import Candidate, Thresholds, first_hit
@@ -37,7 +36,6 @@ from edgecache.evaldata import load_followup_pairs
 from edgecache.evalrun import balanced_report, qqp_vectors
 from edgecache.evaluation import pairwise_hits, sweep_of
 from edgecache.guards import veto
-from edgecache.modelbuild import source_model_dir
 from edgecache.projection import shipped
 from edgecache.vectorindex import VectorIndex
 
@@ -60,27 +58,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    src = source_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    bert = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
+    tokenizer, bert = minilm(args.threads, args.seed)
+    bert.eval()
     low = len(bert.encoder.layer) - args.layers
     top = torch.nn.ModuleList(bert.encoder.layer[low:])
     head = torch.nn.Linear(bert.config.hidden_size, 1)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
-
-    def run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        extended = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-        for layer in layers:
-            out = layer(hidden, attention_mask=extended)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
 
     def frozen_states(pairs: list[tuple[str, str]]) -> list[torch.Tensor]:
         """Outputs of the frozen lower layers for each pair, in order, fp16."""
