@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from encoder_experiments import (  # a sibling module
+    add_run_arguments,
     balanced_on_validation,
     chosen_on_validation,
     minilm,
@@ -60,9 +61,7 @@ def main() -> None:
     ap.add_argument(
         "--pairs-per-step", type=int, default=64, help="QQP training pairs per step (with --pair-weight)"
     )
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_run_arguments(ap, OUT)
     args = ap.parse_args()
 
     import torch

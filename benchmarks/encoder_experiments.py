@@ -12,6 +12,15 @@ from edgecache.metrics import Scores, at, best
 from edgecache.modelbuild import source_model_dir
 
 
+def add_run_arguments(ap, out) -> None:
+    """The flags every encoder experiment takes: CPU threads, seed, where the JSON goes."""
+    from pathlib import Path
+
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=out)
+
+
 def minilm(threads: int, seed: int):
     """(tokenizer, model) of the packaged all-MiniLM-L6-v2 in torch, offline, seeded."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +32,51 @@ def minilm(threads: int, seed: int):
     src = source_model_dir()
     model = AutoModel.from_pretrained(str(src), attn_implementation="eager")
     return AutoTokenizer.from_pretrained(str(src)), model
+
+
+def lower_states(
+    bert, low: int, input_ids: list[list[int]], token_type_ids: list[list[int]] | None = None
+) -> list:
+    """Each sequence's hidden states after the embeddings and layers 1..`low` (fp16, no padding).
+
+    Computed once so that only the layers above are run while training on a 2-core CPU.
+    """
+    import torch
+
+    lengths = np.array([len(x) for x in input_ids])
+    states = [torch.empty(0)] * len(input_ids)
+    order = np.argsort(lengths)
+    with torch.no_grad():
+        for s in range(0, len(order), 256):
+            chunk = order[s : s + 256]
+            width = int(lengths[chunk].max())
+            ids, types, mask = (torch.zeros(len(chunk), width, dtype=torch.long) for _ in range(3))
+            for j, i in enumerate(chunk):
+                ids[j, : lengths[i]] = torch.tensor(input_ids[i])
+                if token_type_ids is not None:
+                    types[j, : lengths[i]] = torch.tensor(token_type_ids[i])
+                mask[j, : lengths[i]] = 1
+            hidden = run_layers(
+                bert.encoder.layer[:low], bert.embeddings(input_ids=ids, token_type_ids=types), mask
+            )
+            for j, i in enumerate(chunk):
+                states[i] = hidden[j, : lengths[i]].to(torch.float16).clone()
+            if s // 256 % 50 == 0:
+                print(f"frozen layers 1-{low}: {s}/{len(input_ids)} sequences", flush=True)
+    return states
+
+
+def padded(states: list, rows: list[int]):
+    """(hidden, mask) of those states as one zero-padded float32 batch."""
+    import torch
+
+    width = max(states[i].shape[0] for i in rows)
+    hidden = torch.zeros(len(rows), width, states[rows[0]].shape[1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for j, i in enumerate(rows):
+        hidden[j, : states[i].shape[0]] = states[i].float()
+        mask[j, : states[i].shape[0]] = 1
+    return hidden, mask
 
 
 def run_layers(layers, hidden, mask):

@@ -24,7 +24,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from encoder_experiments import chosen_on_validation, minilm, run_layers, warmup_then_decay  # siblings
+from encoder_experiments import (  # a sibling module
+    add_run_arguments,
+    chosen_on_validation,
+    lower_states,
+    minilm,
+    padded,
+    run_layers,
+    warmup_then_decay,
+)
 
 from edgecache.evaldata import load_qqp
 from edgecache.projection_fit import pair_loss
@@ -40,9 +48,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="QQP pairs per step")
     ap.add_argument("--infonce-weight", type=float, default=0.5)
     ap.add_argument("--evals", type=int, default=3, help="evaluations over the run")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_run_arguments(ap, OUT)
     args = ap.parse_args()
 
     import torch
@@ -56,36 +62,13 @@ def main() -> None:
     low = n_layers - args.layers
 
     t0 = time.perf_counter()
-    ids = tokenizer(texts, truncation=True, max_length=256)["input_ids"]
-    lengths = np.array([len(x) for x in ids])
-    states: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-    order = np.argsort(lengths)
-    with torch.no_grad():
-        for s in range(0, len(order), 256):
-            chunk = order[s : s + 256]
-            width = int(lengths[chunk].max())
-            inp = torch.zeros(len(chunk), width, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            for j, i in enumerate(chunk):
-                inp[j, : lengths[i]] = torch.tensor(ids[i])
-                mask[j, : lengths[i]] = 1
-            hidden = bert.embeddings(input_ids=inp, token_type_ids=torch.zeros_like(inp))
-            hidden = run_layers(bert.encoder.layer[:low], hidden, mask)
-            for j, i in enumerate(chunk):
-                states[i] = hidden[j, : lengths[i]].to(torch.float16).clone()
-            if s // 256 % 50 == 0:
-                print(f"frozen layers 1-{low}: {s}/{len(texts)} questions", flush=True)
+    states = lower_states(bert, low, tokenizer(texts, truncation=True, max_length=256)["input_ids"])
     print(f"frozen states of {len(texts)} questions in {time.perf_counter() - t0:.0f} s", flush=True)
 
     top = torch.nn.ModuleList(bert.encoder.layer[low:]).train()
 
     def embed_batch(rows: list[int]) -> torch.Tensor:
-        width = max(states[i].shape[0] for i in rows)
-        hidden = torch.zeros(len(rows), width, states[rows[0]].shape[1])
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, i in enumerate(rows):
-            hidden[j, : states[i].shape[0]] = states[i].float()
-            mask[j, : states[i].shape[0]] = 1
+        hidden, mask = padded(states, rows)
         out = run_layers(top, hidden, mask)
         weights = mask.unsqueeze(-1).float()
         return torch.nn.functional.normalize((out * weights).sum(1) / weights.sum(1), dim=-1)

@@ -28,7 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from encoder_experiments import minilm, run_layers, warmup_then_decay  # siblings
+from encoder_experiments import (  # siblings
+    add_run_arguments,
+    lower_states,
+    minilm,
+    padded,
+    run_layers,
+    warmup_then_decay,
+)
 
 from edgecache import metrics
 from edgecache.decision import Candidate, Thresholds, first_hit
@@ -53,9 +60,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--batch-size", type=int, default=32, help="ordered pairs per step")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=OUT)
+    add_run_arguments(ap, OUT)
     args = ap.parse_args()
 
     import torch
@@ -71,31 +76,10 @@ def main() -> None:
     def frozen_states(pairs: list[tuple[str, str]]) -> list[torch.Tensor]:
         """Outputs of the frozen lower layers for each pair, in order, fp16."""
         enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=128)
-        lengths = np.array([len(x) for x in enc["input_ids"]])
-        states: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
-        order = np.argsort(lengths)
-        with torch.no_grad():
-            for s in range(0, len(order), 256):
-                chunk = order[s : s + 256]
-                width = int(lengths[chunk].max())
-                ids, types, mask = (torch.zeros(len(chunk), width, dtype=torch.long) for _ in range(3))
-                for j, i in enumerate(chunk):
-                    ids[j, : lengths[i]] = torch.tensor(enc["input_ids"][i])
-                    types[j, : lengths[i]] = torch.tensor(enc["token_type_ids"][i])
-                    mask[j, : lengths[i]] = 1
-                hidden = bert.embeddings(input_ids=ids, token_type_ids=types)
-                hidden = run_layers(bert.encoder.layer[:low], hidden, mask)
-                for j, i in enumerate(chunk):
-                    states[i] = hidden[j, : lengths[i]].to(torch.float16).clone()
-        return states
+        return lower_states(bert, low, enc["input_ids"], enc["token_type_ids"])
 
     def logits(states: list[torch.Tensor], rows: list[int]) -> torch.Tensor:
-        width = max(states[i].shape[0] for i in rows)
-        hidden = torch.zeros(len(rows), width, states[rows[0]].shape[1])
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, i in enumerate(rows):
-            hidden[j, : states[i].shape[0]] = states[i].float()
-            mask[j, : states[i].shape[0]] = 1
+        hidden, mask = padded(states, rows)
         out = run_layers(top, hidden, mask)
         weights = mask.unsqueeze(-1).float()
         return head((out * weights).sum(1) / weights.sum(1)).squeeze(-1)
