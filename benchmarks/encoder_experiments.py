@@ -1,8 +1,9 @@
-"""What the encoder experiments (encoder_finetune.py, encoder_distill.py) share."""
+"""What the encoder experiments (encoder_finetune.py, encoder_distill.py, verifier_experiment.py) share."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -14,8 +15,6 @@ from edgecache.modelbuild import source_model_dir
 
 def add_run_arguments(ap, out) -> None:
     """The flags every encoder experiment takes: CPU threads, seed, where the JSON goes."""
-    from pathlib import Path
-
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=out)
