@@ -25,6 +25,7 @@ from .eviction import STRATEGIES
 from .followups import FollowUpTable
 from .guards import veto
 from .load import LoadSignal
+from .metadata import checked_metadata
 from .results import ENTRY_FIELDS, CacheStats, Entry, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
@@ -84,6 +85,9 @@ class SemanticCache:
         self.rules = CategoryRules(self.config, self.embedder, load=load, calibrator=calibrator)
         self._clock = clock
         self._lock = threading.RLock()
+        # One save or refresh at a time: two saves from one cache would merge each other's
+        # snapshots, and a refresh could adopt a snapshot older than one just saved.
+        self._sync_lock = threading.Lock()
         self._index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
         self._vector_bytes = self.embedder.dim * {"f32": 4, "f16": 2, "i8": 1}[self.config.dtype]
         self._entries: dict[int, Entry] = {}
@@ -92,6 +96,7 @@ class SemanticCache:
         # snapshot must re-apply (vectors kept exactly, for re-adding to the index).
         self._pending_add: dict[int, np.ndarray] = {}
         self._pending_remove: set[int] = set()
+        self._saving: set[int] = set()  # of _pending_add, what the save in flight writes
         self._version: str | None = None  # of the stored snapshot this state derives from
         self.synced_at = time.monotonic()  # last read or write of the store
         self._counts: dict[str, Counter[str]] = {name: Counter() for name in self.config.policy.names}
@@ -318,12 +323,13 @@ class SemanticCache:
         if not len(responses) == len(contexts) == len(metadata) == len(categories) == n:
             raise InvalidInputError("queries, responses, contexts, metadata and categories differ in length")
         if ttl_seconds is not None and (
-            not isinstance(ttl_seconds, int | float) or not math.isfinite(ttl_seconds) or ttl_seconds <= 0
+            not isinstance(ttl_seconds, int | float)
+            or isinstance(ttl_seconds, bool)
+            or not math.isfinite(ttl_seconds)
+            or ttl_seconds <= 0
         ):
             raise InvalidInputError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
-        for m in metadata:
-            if m is not None and not isinstance(m, dict):
-                raise InvalidInputError("metadata must be a dict")
+        metadata = [checked_metadata(m) for m in metadata]
         for c in categories:
             if c is not None:
                 self.rules.check(c)
@@ -358,7 +364,7 @@ class SemanticCache:
                     created_at=now,
                     expires_at=now + ttl if ttl else None,
                     last_used_at=now,
-                    metadata=dict(metadata[i] or {}),
+                    metadata=metadata[i],
                     category=names[i],
                     size=len(cleaned[i].original.encode("utf-8", "surrogatepass"))
                     + len(response_texts[i].encode("utf-8", "surrogatepass"))
@@ -409,7 +415,9 @@ class SemanticCache:
         entry = self._entries.pop(entry_id)
         self._index.remove(entry_id)
         self._followups.remove(entry_id)
-        if self._pending_add.pop(entry_id, None) is None:
+        # An entry added since the last save is in no stored snapshot, unless the save in
+        # flight wrote it: then a merge with that snapshot must not bring it back.
+        if self._pending_add.pop(entry_id, None) is None or entry_id in self._saving:
             self._pending_remove.add(entry_id)
         held = self._held[entry.category]
         held[0] -= 1
@@ -570,32 +578,44 @@ class SemanticCache:
         Inserts and deletes are never lost; hit counts and feedback counts made since the
         last save on entries the other writer also saved may be.
         """
-        if not isinstance(self.store, VersionedStore):
+        with self._sync_lock:
+            self._save()
+
+    def _save(self) -> None:
+        try:
+            if not isinstance(self.store, VersionedStore):
+                data, added, removed, _ = self._encode_pending()
+                self.store.put(self.key, data)
+                self._synced(added, removed, None)
+                return
+            # Each lost write merges the other writer's snapshot and backs off before retrying.
+            for attempt in range(WRITE_ATTEMPTS):
+                if attempt:
+                    backoff(attempt - 1)
+                data, added, removed, expected = self._encode_pending()
+                try:
+                    version = self.store.put_if(self.key, data, expected)
+                except ConflictError:
+                    current = self.store.get_versioned(self.key)
+                    if current is None:  # deleted meanwhile: ours becomes the first version
+                        with self._lock:
+                            self._version = None
+                    else:
+                        self._merge(*current)
+                    continue
+                self._synced(added, removed, version)
+                return
+            raise ConflictError(f"could not save {self.key}: {WRITE_ATTEMPTS} concurrent writes in a row")
+        finally:
             with self._lock:
-                data, added, removed = self._encode(), set(self._pending_add), set(self._pending_remove)
-            self.store.put(self.key, data)
-            self._synced(added, removed, None)
-            return
-        # Each lost write merges the other writer's snapshot and backs off before retrying.
-        for attempt in range(WRITE_ATTEMPTS):
-            if attempt:
-                backoff(attempt - 1)
-            with self._lock:
-                data, added, removed = self._encode(), set(self._pending_add), set(self._pending_remove)
-                expected = self._version
-            try:
-                version = self.store.put_if(self.key, data, expected)
-            except ConflictError:
-                current = self.store.get_versioned(self.key)
-                if current is None:  # deleted meanwhile: ours becomes the first version
-                    with self._lock:
-                        self._version = None
-                else:
-                    self._merge(*current)
-                continue
-            self._synced(added, removed, version)
-            return
-        raise ConflictError(f"could not save {self.key}: {WRITE_ATTEMPTS} concurrent writes in a row")
+                self._saving = set()
+
+    def _encode_pending(self) -> tuple[bytes, set[int], set[int], str | None]:
+        """A snapshot of now, the unsaved inserts and deletes it holds, and the stored version
+        it derives from."""
+        with self._lock:
+            self._saving = set(self._pending_add)
+            return self._encode(), set(self._saving), set(self._pending_remove), self._version
 
     def _synced(self, added: set[int], removed: set[int], version: str | None) -> None:
         """Forget the changes that the snapshot just written contains."""
@@ -612,11 +632,12 @@ class SemanticCache:
         self.synced_at = time.monotonic()
         if not isinstance(self.store, VersionedStore):
             return False
-        current = self.store.get_versioned(self.key)
-        if current is None or current[1] == self._version:
-            return False
-        self._merge(*current)
-        return True
+        with self._sync_lock:
+            current = self.store.get_versioned(self.key)
+            if current is None or current[1] == self._version:
+                return False
+            self._merge(*current)
+            return True
 
     def restore(self, data: bytes) -> None:
         """Replace the in-memory state with a snapshot; on any error nothing changes."""

@@ -16,6 +16,9 @@ MAX_ENCODED_CHARS = 32_768
 MAX_STORED_BYTES = 4 * 1024 * 1024
 
 _WS = re.compile(r"\s+")
+# Control and format characters (NUL, zero-width space, BOM...): a query of only these has
+# nothing to mean.
+_INVISIBLE = frozenset({"Cc", "Cf"})
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,8 @@ def as_text(value: object, what: str) -> str:
 def clean_query(value: object, what: str = "query") -> CleanText:
     text = as_text(value, what)
     normalized = _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-    if not normalized:
-        raise InvalidInputError(f"{what} is empty or whitespace only")
+    if all(unicodedata.category(ch) in _INVISIBLE for ch in normalized):
+        raise InvalidInputError(f"{what} is empty or holds only whitespace and invisible characters")
     clipped = len(normalized) > MAX_ENCODED_CHARS
     if clipped:
         normalized = normalized[:MAX_ENCODED_CHARS]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import ParamSpec
 
 from .cache import SemanticCache
+from .errors import InvalidInputError
 from .load import BackendMonitor
 
 P = ParamSpec("P")
+log = logging.getLogger("edgecache")
 
 
 def _status_of(exc: BaseException) -> int:
@@ -55,7 +58,11 @@ def cached(
                 raise
             if monitor is not None:
                 monitor.record(time.monotonic() - started)
-            cache.insert(prompt, answer, context=context, ttl_seconds=ttl_seconds, category=category)
+            try:
+                cache.insert(prompt, answer, context=context, ttl_seconds=ttl_seconds, category=category)
+            except InvalidInputError as exc:
+                # The call is paid for: the caller gets its result even when it cannot be cached.
+                log.warning("result of %s not cached: %s", getattr(fn, "__qualname__", fn), exc)
             return answer
 
         return wrapper

@@ -38,3 +38,10 @@ def test_context_shapes():
         clean_context("Tell me about France")
     with pytest.raises(InvalidInputError, match=r"context\[1\]"):
         clean_context(["fine", ""])
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\x00", " \u200b\ufeff\x07 ", "\u2060"])
+def test_a_query_of_invisible_characters_is_empty(invisible):
+    with pytest.raises(InvalidInputError, match="empty"):
+        clean_query(invisible)
+    assert clean_query("hi\u200b").normalized == "hi\u200b"
