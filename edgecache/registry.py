@@ -16,7 +16,7 @@ from .config import CacheConfig
 from .embedder import Embedder
 from .errors import SnapshotError
 from .load import LoadSignal
-from .stores import Store, check_user
+from .stores import Store, check_user, user_key
 
 log = logging.getLogger("edgecache")
 
@@ -55,6 +55,12 @@ class CacheRegistry:
         # Caches in use by a request are pinned: evicting one mid-insert could save it
         # before the insert lands and drop it after, losing the entry.
         self._pins: dict[str, int] = {}
+        # Evicted caches until their save is done: a request for the user meanwhile takes
+        # the cache back instead of loading a snapshot that lacks its unsaved changes.
+        # Counted: the same cache can be taken back and evicted again while its first save
+        # still runs, and it must stay findable until the last one is done.
+        self._leaving: dict[str, tuple[SemanticCache, int]] = {}
+        self._load_locks = [threading.Lock() for _ in range(64)]
         self._lock = threading.Lock()
 
     @contextmanager
@@ -73,39 +79,69 @@ class CacheRegistry:
                 evicted = self._overflow()
             self._save_all(evicted)
 
+    def clear(self, user: str) -> str | None:
+        """Empty the user's cache. A stored snapshot that cannot be read (damaged, or written
+        by another encoder) is moved to "<key>.bad", never deleted, and the user starts empty;
+        returns that key, else None."""
+        try:
+            with self.use(user, mutate=True) as cache:
+                cache.clear()
+            return None
+        except SnapshotError as exc:
+            aside = f"{user_key(user)}.bad"
+            data = self.store.get(user_key(user))
+            if data is not None:
+                self.store.put(aside, data)
+                self.store.delete(user_key(user))
+            log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", exc, aside)
+        with self.use(user, mutate=True) as cache:
+            cache.clear()
+        return aside if data is not None else None
+
     def _get(self, user: str) -> SemanticCache:
         check_user(user)
+        cache = self._pin_held(user)
+        if cache is None:
+            # One load of a user at a time: a load begun before another request's copy of the
+            # user was installed, changed, evicted and saved would install a stale snapshot.
+            with self._load_locks[hash(user) % len(self._load_locks)]:
+                cache = self._pin_held(user)
+                if cache is None:
+                    # Reading a snapshot takes a while: not under the registry lock.
+                    loaded = SemanticCache(
+                        user,
+                        store=self.store,
+                        config=self.config,
+                        embedder=self.embedder,
+                        clock=self._clock,
+                        bodies=self.bodies,
+                        load=self.load,
+                        calibrator=self.calibrator,
+                    )
+                    with self._lock:
+                        self._caches[user] = loaded
+                        self._pins[user] = self._pins.get(user, 0) + 1
+                        evicted = self._overflow()
+                    self._save_all(evicted)
+                    return loaded
+        stale = (
+            self.refresh_seconds is not None and time.monotonic() - cache.synced_at >= self.refresh_seconds
+        )
+        if stale:
+            cache.refresh()
+        return cache
+
+    def _pin_held(self, user: str) -> SemanticCache | None:
+        """The user's cache if this process holds it (loaded, or evicted and still saving),
+        pinned and made most recently used."""
         with self._lock:
             cache = self._caches.get(user)
+            if cache is None and user in self._leaving:
+                cache = self._caches[user] = self._leaving[user][0]
             if cache is not None:
                 self._caches.move_to_end(user)
                 self._pins[user] = self._pins.get(user, 0) + 1
-        if cache is not None:
-            stale = (
-                self.refresh_seconds is not None
-                and time.monotonic() - cache.synced_at >= self.refresh_seconds
-            )
-            if stale:
-                cache.refresh()
             return cache
-        # Loading reads a snapshot: do it outside the registry lock.
-        loaded = SemanticCache(
-            user,
-            store=self.store,
-            config=self.config,
-            embedder=self.embedder,
-            clock=self._clock,
-            bodies=self.bodies,
-            load=self.load,
-            calibrator=self.calibrator,
-        )
-        with self._lock:
-            cache = self._caches.setdefault(user, loaded)
-            self._caches.move_to_end(user)
-            self._pins[user] = self._pins.get(user, 0) + 1
-            evicted = self._overflow()
-        self._save_all(evicted)
-        return cache
 
     def _overflow(self) -> list[tuple[str, SemanticCache]]:
         """Remove least recently used, unpinned caches beyond max_loaded (lock held)."""
@@ -115,8 +151,9 @@ class CacheRegistry:
                 break
             if user not in self._pins:
                 out.append((user, self._caches[user]))
-        for user, _ in out:
+        for user, cache in out:
             del self._caches[user]
+            self._leaving[user] = (cache, self._leaving.get(user, (cache, 0))[1] + 1)
         return out
 
     def _save_all(self, caches: list[tuple[str, SemanticCache]]) -> None:
@@ -127,6 +164,13 @@ class CacheRegistry:
                 # Keep the unsaved cache loaded rather than lose its entries.
                 with self._lock:
                     self._caches.setdefault(user, cache)
+            finally:
+                with self._lock:
+                    saving = self._leaving[user][1] - 1
+                    if saving:
+                        self._leaving[user] = (cache, saving)
+                    else:
+                        del self._leaving[user]
 
     def _save(self, user: str, cache: SemanticCache) -> None:
         with self._lock:
@@ -143,11 +187,19 @@ class CacheRegistry:
             raise
 
     def flush(self) -> int:
-        """Save every cache changed since its last save; returns how many were written."""
+        """Save every cache changed since its last save; returns how many were written.
+
+        A cache that fails to save stays dirty (retried on the next flush) and does not keep
+        the others from being written; the first failure is raised once all were tried."""
         with self._lock:
             pending = [(u, self._caches[u]) for u in self._dirty if u in self._caches]
+        written, failure = 0, None
         for user, cache in pending:
-            self._save(user, cache)
+            try:
+                self._save(user, cache)
+                written += 1
+            except Exception as exc:  # logged by _save
+                failure = failure or exc
         if pending and self.calibrator is not None:
             self.store.put(
                 CALIBRATION_KEY,
@@ -155,7 +207,9 @@ class CacheRegistry:
                     {"fingerprint": self.embedder.fingerprint, "calibration": self.calibrator.to_dict()}
                 ),
             )
-        return len(pending)
+        if failure is not None:
+            raise failure
+        return written
 
     def _load_calibrator(self) -> OnlineCalibrator:
         """The saved feedback statistics under the configured target, or fresh ones.

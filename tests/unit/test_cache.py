@@ -357,6 +357,19 @@ def test_cached_decorator_calls_llm_once(make_cache):
     assert len(calls) == 3
 
 
+def test_cached_decorator_returns_what_it_cannot_cache(make_cache, caplog):
+    cache = make_cache()
+    answers = iter([None, 42, "\ud800", "fine"])
+
+    @cached(cache)
+    def ask(prompt: str):
+        return next(answers)
+
+    assert [ask("what is the answer") for _ in range(4)] == [None, 42, "\ud800", "fine"]
+    assert ask("what is the answer") == "fine" and len(cache) == 1
+    assert caplog.text.count("not cached") == 3
+
+
 def test_cached_decorator_feeds_the_backend_monitor(make_cache):
     from edgecache.load import BackendMonitor
 
@@ -378,3 +391,75 @@ def test_cached_decorator_feeds_the_backend_monitor(make_cache):
         with pytest.raises(Throttled):
             ask("busy backend")
     assert monitor.level() == 1.0  # 2 of 3 calls were 429s
+
+
+def test_a_user_asked_for_while_its_eviction_saves_gets_the_same_cache(embedder, config):
+    from tests.unit.test_concurrent_writers import GatedStore
+
+    store = GatedStore()
+    registry = CacheRegistry(store, config, embedder, max_loaded=1)
+    with registry.use("u1", mutate=True) as c:
+        unsaved = c.insert("question one", "1")
+    store.gated = True
+    evicting = threading.Thread(target=lambda: registry.use("u2").__enter__())
+    evicting.start()  # loading u2 evicts u1, whose save now waits at the gate
+    assert store.writing.wait(10)
+    store.gated = False
+    with registry.use("u1", mutate=True) as c:  # not re-read from the store (it lacks the entry)
+        assert c.lookup("question one").entry_id == unsaved
+        c.delete(unsaved)
+    store.release.set()
+    evicting.join()
+    registry.flush()
+    assert len(SemanticCache("u1", store=store, config=config, embedder=embedder)) == 0
+
+
+def test_flush_writes_every_cache_even_when_one_fails(embedder, config):
+    from edgecache.stores import user_key
+
+    class FailsFor(MemoryStore):
+        def put_if(self, key, data, expected):
+            if key == user_key("broken"):
+                raise OSError("disk full")
+            return super().put_if(key, data, expected)
+
+    store = FailsFor()
+    registry = CacheRegistry(store, config, embedder)
+    for user in ("broken", "fine-1", "fine-2"):
+        with registry.use(user, mutate=True) as c:
+            c.insert(f"a question of {user}", "r")
+    with pytest.raises(OSError, match="disk full"):
+        registry.flush()
+    for user in ("fine-1", "fine-2"):
+        assert len(SemanticCache(user, store=store, config=config, embedder=embedder)) == 1
+    assert "broken" in registry._dirty  # retried on the next flush
+
+
+def test_registry_under_eviction_pressure_loses_no_insert_or_delete(embedder, config, tmp_path):
+    store = LocalFolderStore(tmp_path)
+    registry = CacheRegistry(store, config, embedder, max_loaded=1)
+    kept: dict[str, list[int]] = {f"user-{u}": [] for u in range(5)}
+    errors = []
+
+    def work(user: str, t: int) -> None:
+        try:
+            for i in range(20):
+                with registry.use(user, mutate=True) as cache:
+                    entry_id = cache.insert(f"{user} thread {t} note {i} on invoice {t * 100 + i}", "r")
+                if i % 4 == 0:
+                    with registry.use(user, mutate=True) as cache:
+                        cache.delete(entry_id)  # never "not found": the id was just handed out
+                else:
+                    kept[user].append(entry_id)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(u, t)) for u in kept for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    registry.flush()
+    for user, ids in kept.items():
+        assert set(SemanticCache(user, store=store, config=config, embedder=embedder)._entries) == set(ids)

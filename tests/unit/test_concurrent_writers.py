@@ -116,3 +116,75 @@ def test_registry_refreshes_caches_older_than_its_interval(embedder, clock, conf
     other.flush()
     with mine.use("u") as cache:
         assert cache.lookup("what is the capital of peru").hit
+
+
+class GatedStore(MemoryStore):
+    """A MemoryStore whose writes wait at a gate: a save held in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing, self.release = threading.Event(), threading.Event()
+        self.gated = False
+
+    def _wait(self) -> None:
+        if self.gated:
+            self.writing.set()
+            assert self.release.wait(10)
+
+    def put(self, key, data, expires_at=None):
+        self._wait()
+        super().put(key, data, expires_at)
+
+    def put_if(self, key, data, expected):
+        self._wait()
+        return super().put_if(key, data, expected)
+
+
+def test_an_entry_deleted_while_its_save_is_in_flight_stays_deleted(embedder, clock, config):
+    store = GatedStore()
+    a = writer(store, embedder, clock, config)
+    a.save()
+    doomed = a.insert("what is the capital of chile", "Santiago")
+    store.gated = True
+    saving = threading.Thread(target=a.save)
+    saving.start()
+    assert store.writing.wait(10)  # the snapshot being written holds `doomed`
+    a.delete(doomed)
+    store.gated = False
+    store.release.set()
+    saving.join()
+    b = writer(store, embedder, clock, config)
+    assert doomed in b._entries  # that snapshot, as written
+    b.insert("who painted the mona lisa", "Leonardo")
+    b.save()
+    assert a.refresh()  # takes in b's snapshot, which still holds `doomed`
+    assert doomed not in a._entries and not a.lookup("what is the capital of chile").hit
+    a.save()
+    assert doomed not in writer(store, embedder, clock, config)._entries
+
+
+def test_saves_and_deletes_from_many_threads_lose_no_delete(tmp_path, embedder, clock, config):
+    cache = writer(LocalFolderStore(tmp_path), embedder, clock, config)
+    kept, deleted, errors = [], [], []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(25):
+                entry_id = cache.insert(f"thread {t} asks question {i} about widget {t * 100 + i}", "r")
+                (deleted if i % 5 == 0 else kept).append(entry_id)
+                if i % 5 == 0:
+                    cache.delete(entry_id)
+                if i % 4 == 0:
+                    cache.save()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cache.save()
+    assert not errors
+    for fresh in (cache, writer(LocalFolderStore(tmp_path), embedder, clock, config)):
+        assert set(fresh._entries) == set(kept)
