@@ -62,6 +62,8 @@ def decode_json_body(body: bytes, content_type: str, limit: int) -> dict[str, An
         payload = json.loads(text)
     except ValueError as exc:
         raise RequestError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "bad_json", "request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise RequestError(400, "bad_request", "request body must be a JSON object")
     return payload

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .errors import EdgecacheError, EntryNotFoundError, InvalidInputError
+from .errors import EdgecacheError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .load import BackendMonitor
 from .proxy import (
     CACHED_HEADER,
@@ -36,6 +36,7 @@ log = logging.getLogger("edgecache.server")
 
 USER_HEADER = "X-Edgecache-User"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+READ_TIMEOUT_SECONDS = 30.0
 CHAT_PATH = "/v1/chat/completions"
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -69,6 +70,8 @@ def json_body(raw: bytes) -> dict:
         raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body is nested too deeply") from None
     if not isinstance(body, dict):
         raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body must be a JSON object")
     return body
@@ -84,6 +87,12 @@ def error_response(exc: Exception) -> tuple[HTTPStatus, str, str]:
     if isinstance(exc, InvalidInputError):
         return HTTPStatus.BAD_REQUEST, "invalid_request", str(exc)
     log.error("request failed", exc_info=exc)
+    if isinstance(exc, SnapshotError):
+        return (
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            "SnapshotError",
+            f"{exc}; POST /v1/clear keeps the unreadable snapshot aside and starts this user empty",
+        )
     if isinstance(exc, EdgecacheError):
         return HTTPStatus.INTERNAL_SERVER_ERROR, type(exc).__name__, str(exc)
     return HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "internal error"
@@ -137,9 +146,8 @@ class Service:
         return {"deleted": True}
 
     def clear(self, user: str, body: dict) -> dict:
-        with self.registry.use(user, mutate=True) as cache:
-            cache.clear()
-        return {"cleared": True}
+        set_aside = self.registry.clear(user)
+        return {"cleared": True, **({"set_aside": set_aside} if set_aside else {})}
 
     def stats(self, user: str, body: dict) -> dict:
         with self.registry.use(user) as cache:
@@ -269,6 +277,9 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgecache"
         protocol_version = "HTTP/1.1"
+        # Seconds a connection may sit idle or trickle its request: a client that never
+        # finishes sending would otherwise hold a server thread for good.
+        timeout = READ_TIMEOUT_SECONDS
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
@@ -300,6 +311,13 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                 self.wfile.write(chunk)
                 self.wfile.flush()
 
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """What http.server refuses before a route runs (a malformed request line, headers
+            too large, an unknown method) is answered in JSON like everything else."""
+            status = HTTPStatus(code)
+            kind = "method_not_allowed" if status == HTTPStatus.NOT_IMPLEMENTED else "invalid_request"
+            self._error(status, kind, message or status.phrase)
+
         def _error(self, status: HTTPStatus, kind: str, message: str) -> None:
             # The body may be unread (or half read); closing keeps its bytes from being
             # parsed as the next request on a kept-alive connection.
@@ -315,18 +333,38 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             try:
                 size = int(length)
             except ValueError:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "bad Content-Length") from None
+                size = -1
+            if size < 0:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "bad Content-Length")
             if size > MAX_BODY_BYTES:
                 raise HttpError(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"body over {MAX_BODY_BYTES} bytes"
                 )
-            raw = self.rfile.read(size)
+            try:
+                raw = self.rfile.read(size)
+            except TimeoutError:
+                raise HttpError(
+                    HTTPStatus.REQUEST_TIMEOUT, "timeout", "the request body did not arrive in time"
+                ) from None
             if not raw and self.command == "GET":
                 return {}
             return json_body(raw)
 
         def _user(self) -> str:
-            user = self.headers.get(user_header)
+            values = self.headers.get_all(user_header) or []
+            if len(values) > 1:
+                # A gateway that appends its header instead of replacing the client's would
+                # otherwise let the client pick the user.
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, "invalid_request", f"more than one {user_header} header"
+                )
+            # http.server reads header bytes as Latin-1; user ids are UTF-8.
+            try:
+                user = (values[0] if values else "").encode("latin-1").decode("utf-8").strip(" \t")
+            except (UnicodeEncodeError, UnicodeDecodeError):
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, "invalid_request", f"{user_header} is not UTF-8"
+                ) from None
             if not user:
                 raise HttpError(HTTPStatus.UNAUTHORIZED, "unauthenticated", f"missing {user_header} header")
             return user

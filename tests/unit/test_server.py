@@ -213,3 +213,116 @@ def test_backend_reports_drive_the_load_level(tmp_path, embedder, config):
     finally:
         srv.shutdown()
         thread.join(timeout=5)
+
+
+def raw_request(srv, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(srv.address, timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_metadata_a_reply_cannot_carry_is_refused(server):
+    for raw in (
+        b'{"query": "q", "response": "r", "metadata": {"n": 1000000000000000000000000000000}}',
+        b'{"query": "q", "response": "r", "metadata": {"cost": NaN}}',
+        b'{"query": "q", "response": "r", "metadata": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}",
+    ):
+        status, out = call(server, "POST", "/v1/insert", raw=raw)
+        assert status == 400 and "metadata" in out["error"]["message"]
+    assert call(server, "GET", "/v1/stats")[1]["entries"] == 0
+
+
+def test_user_header_must_be_single_and_is_read_as_utf8(server):
+    assert call(server, "POST", "/v1/lookup", {"query": "x"}, user=" \t ")[0] == 401
+    request = (
+        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nX-Edgecache-User: alice\r\nX-Edgecache-User: bob\r\n"
+        b"Content-Length: 13\r\n\r\n" + b'{"query":"x"}'
+    )
+    reply = raw_request(server, request)
+    assert reply.startswith(b"HTTP/1.1 400") and b"more than one" in reply
+    user = "üser€"
+    insert = json.dumps({"query": "a question of üser", "response": "r"}).encode()
+    request = (
+        b"POST /v1/insert HTTP/1.1\r\nHost: x\r\nX-Edgecache-User: " + user.encode() + b"  \r\n"
+        b"Content-Length: " + str(len(insert)).encode() + b"\r\nConnection: close\r\n\r\n" + insert
+    )
+    assert raw_request(server, request).startswith(b"HTTP/1.1 200")
+    with server.registry.use(user) as cache:  # the same user as the SDK's "üser€"
+        assert cache.lookup("a question of üser").hit
+
+
+DEEP = b'{"query": "deep", "context": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "status"),
+    [
+        (b"Content-Length: -5\r\n", b"", b"400"),
+        (b"Content-Length: " + str(len(DEEP)).encode() + b"\r\n", DEEP, b"400"),
+        (b"X-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 2\r\n", b"{}", b"431"),
+    ],
+)
+def test_malformed_requests_get_json_4xx(server, head, body, status):
+    request = b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nX-Edgecache-User: alice\r\n" + head + b"\r\n" + body
+    reply = raw_request(server, request)
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
+    assert b'"error"' in reply and b"application/json" in reply
+    reply = raw_request(server, b"PATCH /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 501") and b'"method_not_allowed"' in reply
+
+
+def test_a_client_that_stops_sending_is_timed_out(tmp_path, embedder, config, monkeypatch):
+    import socket
+    import time
+
+    import edgecache.server as server_module
+
+    monkeypatch.setattr(server_module, "READ_TIMEOUT_SECONDS", 0.5)
+    srv = CacheServer(CacheRegistry(LocalFolderStore(tmp_path), config, embedder), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(srv.address, timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST /v1/lookup HTTP/1.1\r\nX-Edgecache-User: a\r\nContent-Length: 100\r\n\r\n{")
+            reply = sock.recv(65536)
+            assert time.monotonic() - started < 5
+        assert reply.startswith(b"HTTP/1.1 408") and b'"timeout"' in reply
+    finally:
+        srv.shutdown()
+        thread.join(timeout=5)
+
+
+def test_clear_sets_an_unreadable_snapshot_aside(server, tmp_path):
+    from edgecache.stores import user_key
+
+    call(server, "POST", "/v1/insert", {"query": "soon damaged", "response": "x"}, user="dana")
+    server.registry.flush()
+    path = next(p for p in tmp_path.iterdir() if p.name.startswith(user_key("dana")))
+    damaged = path.read_bytes()[:-7] + b"garbage"
+    registry = CacheRegistry(LocalFolderStore(tmp_path), server.registry.config, server.registry.embedder)
+    fresh = CacheServer(registry, "127.0.0.1", 0)
+    thread = threading.Thread(target=fresh.serve_forever, daemon=True)
+    path.write_bytes(damaged)
+    thread.start()
+    try:
+        status, out = call(fresh, "POST", "/v1/lookup", {"query": "soon damaged"}, user="dana")
+        assert (
+            status == 500 and "checksum" in out["error"]["message"] and "/v1/clear" in out["error"]["message"]
+        )
+        status, out = call(fresh, "POST", "/v1/clear", {}, user="dana")
+        assert status == 200 and out["set_aside"] == f"{user_key('dana')}.bad"
+        assert (tmp_path / out["set_aside"]).read_bytes() == damaged
+        assert call(fresh, "GET", "/v1/stats", user="dana")[1]["entries"] == 0
+        assert (
+            call(fresh, "POST", "/v1/insert", {"query": "new start", "response": "y"}, user="dana")[0] == 200
+        )
+        assert call(fresh, "POST", "/v1/clear", {}, user="dana")[1] == {"cleared": True}
+    finally:
+        fresh.shutdown()
+        thread.join(timeout=5)
