@@ -42,7 +42,6 @@ from edgecache.config import CacheConfig
 from edgecache.evaldata import components
 from edgecache.evalrun import projection_for, qqp_vectors
 from edgecache.evaluation import emulate_storage, pairwise
-from edgecache.guards import veto
 
 HERE = Path(__file__).parent
 OUT = HERE / "results" / "error_bound.json"
@@ -282,7 +281,7 @@ def main() -> None:
     for split in ("validation", "test"):
         a, b, y = data.pair_arrays(split)
         pa, pb = proj.apply(a), proj.apply(b)
-        vetoes = [veto(p.b, p.a) for p in data.splits[split]] if config.guards else [None] * len(y)
+        vetoes = [data.veto(p.b, p.a) for p in data.splits[split]] if config.guards else [None] * len(y)
         sims = similarities(pa, pb, config.dtype)
         keep = np.array([v is None for v in vetoes])
         # Cross-check against the evaluation's own pairwise protocol at the default threshold.

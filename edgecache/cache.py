@@ -283,8 +283,15 @@ class SemanticCache:
             expires_at=rules.expires_at(entry),
             wrong_feedback=entry.wrong_feedback,
             right_feedback=entry.right_feedback,
-            guard=veto(query, entry.query) if guarded else None,
+            guard=veto(query, entry.query, *self._unseen(query, clean_query(entry.query).normalized))
+            if guarded
+            else None,
         )
+
+    def _unseen(self, *texts: str) -> list[tuple[str, ...]]:
+        """What the embedder's model cannot see of each text (none if it cannot say)."""
+        unseen = getattr(self.embedder, "unseen", None)
+        return unseen(list(texts)) if unseen is not None else [()] * len(texts)
 
     def insert(
         self,
@@ -672,14 +679,17 @@ class SemanticCache:
             )
         try:
             if payload["version"] == 1:
-                loaded = [Entry.from_record(r) for r in payload["entries"]]
+                loaded = [Entry.from_record(r).check() for r in payload["entries"]]
             else:
-                loaded = [Entry.from_row(payload["entry_fields"], r) for r in payload["entries"]]
+                loaded = [Entry.from_row(payload["entry_fields"], r).check() for r in payload["entries"]]
             entries = {e.id: e for e in loaded}
+            index_bytes = payload["index"]
+            if not isinstance(index_bytes, bytes):
+                raise TypeError(f"index is {type(index_bytes).__name__}, not bytes")
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"snapshot entries are malformed: {exc}") from exc
         index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
-        index.load_bytes(payload["index"])
+        index.load_bytes(index_bytes)
         if len(index) != len(entries):
             raise SnapshotError(f"snapshot index holds {len(index)} vectors for {len(entries)} entries")
         for entry in entries.values():

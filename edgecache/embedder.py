@@ -34,6 +34,9 @@ class Embedder(Protocol):
 
     def embed(self, texts: list[str]) -> Embedded: ...
 
+    # Optional: `unseen(texts) -> list[tuple[str, ...]]`, the spans of each text its model
+    # cannot see (`Encoder.unseen`); the guards then require them equal for a hit.
+
 
 class ProjectedEncoder:
     def __init__(self, encoder: Encoder, projection: Projection, recent_size: int = 4096) -> None:
@@ -57,6 +60,9 @@ class ProjectedEncoder:
         self.fingerprint = hashlib.sha256(
             f"{encoder.fingerprint}:{projection.fingerprint}".encode()
         ).hexdigest()
+
+    def unseen(self, texts: list[str]) -> list[tuple[str, ...]]:
+        return self.encoder.unseen(texts)
 
     def embed(self, texts: list[str]) -> Embedded:
         """Vectors for texts; texts seen recently come from a small LRU instead of the model.

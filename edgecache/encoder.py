@@ -60,6 +60,7 @@ class Encoder:
         self.dim = int(self._session.get_outputs()[0].shape[-1])
         self.fingerprint = fingerprint
         self.max_tokens = max_tokens
+        self._unknown_id = self._tokenizer.token_to_id("[UNK]")
 
     def encode_detailed(self, texts: list[str]) -> Encoded:
         """One graph run per text. The int8 graph quantizes its activations with one scale per
@@ -75,6 +76,17 @@ class Encoder:
             vectors[i] = out[0]
             truncated.append(bool(e.overflowing))
         return Encoded(vectors, truncated)
+
+    def unseen(self, texts: list[str]) -> list[tuple[str, ...]]:
+        """Per text, the spans the model cannot see. A word the vocabulary has no pieces for
+        (an emoji, most words of some scripts, a word over 100 characters) becomes the one
+        [UNK] token, so texts that differ only there get the same vector."""
+        if self._unknown_id is None or not texts:
+            return [()] * len(texts)
+        return [
+            tuple(text[s:e] for i, (s, e) in zip(enc.ids, enc.offsets, strict=True) if i == self._unknown_id)
+            for text, enc in zip(texts, self._tokenizer.encode_batch(texts), strict=True)
+        ]
 
     def encode(self, texts: str | list[str]) -> np.ndarray:
         """One string gives shape (dim,); a list gives (n, dim)."""

@@ -16,7 +16,6 @@ from .config import CacheConfig
 from .decision import Candidate, Thresholds, decide, first_hit
 from .embedder import Embedder
 from .evaldata import Conversation, FollowUpPair, Pair
-from .guards import veto
 from .metrics import Scores, scores
 from .stores import MemoryStore
 from .vectorindex import VectorIndex
@@ -116,7 +115,7 @@ def retrieval(
     top_k: int = 4,
     thresholds: Sequence[float] = THRESHOLDS,
     known_duplicates: frozenset[tuple[str, str]] = frozenset(),
-    guards: bool = False,
+    guard: Callable[[str, str], str | None] | None = None,
 ) -> tuple[list[Scores], dict]:
     """Insert every first question into one cache, query with every second question.
 
@@ -135,7 +134,7 @@ def retrieval(
         keys, sims = index.search(vec(p.b), top_k)
         found.append(
             [
-                _standalone(int(k), float(s), veto(p.b, firsts[int(k)]) if guards else None)
+                _standalone(int(k), float(s), guard(p.b, firsts[int(k)]) if guard else None)
                 for k, s in zip(keys, sims, strict=True)
             ]
         )

@@ -3,14 +3,16 @@ what matters, even though their embeddings are close.
 
 "enable 2FA" and "disable 2FA" sit at cosine ~0.9 in any sentence encoder; so do
 "flights to Paris in 2023" and "... in 2024". Each guard compares one signal of the
-two texts (numbers, negation, opposite words, names, word order) and names the
-mismatch; `veto` returns the first one found, or None.
+two texts (what the encoder cannot see, numbers, negation, opposite words, names, word
+order) and names the mismatch; `veto` returns the first one found, or None.
 Pure functions over strings, shared by the cache and the evaluation.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -275,8 +277,17 @@ def _substituted(only_a: frozenset[str], only_b: frozenset[str], a: Signals, b: 
     return any(not _typo(x, y) and _slot(x, a.tokens) & _slot(y, b.tokens) for x in only_a for y in only_b)
 
 
-def veto(query: str, cached: str) -> str | None:
-    """Why `cached` must not answer `query` despite their similarity; None when no guard objects."""
+def veto(
+    query: str, cached: str, query_unseen: Sequence[str] = (), cached_unseen: Sequence[str] = ()
+) -> str | None:
+    """Why `cached` must not answer `query` despite their similarity; None when no guard objects.
+
+    `*_unseen`: the spans of each text the encoder cannot see (`Encoder.unseen`). Their
+    vectors cannot tell "what does the 🍕 emoji mean?" from "... the 🚀 emoji ...", so those
+    spans must match exactly.
+    """
+    if Counter(query_unseen) != Counter(cached_unseen):
+        return "unseen"
     a, b = signals(query), signals(cached)
     # A number changed, not merely added or moved: "the first 20 numbers" and "the first 20
     # numbers (1 to 20)" ask the same, and so do "the 2016 or 2015 model" and "the 2015 model or

@@ -48,6 +48,36 @@ class Entry:
         """An entry from a format-1 snapshot, which stored each entry as a map."""
         return cls(**record)
 
+    def check(self) -> Entry:
+        """This entry, or a ValueError naming the first field of the wrong type: a snapshot
+        whose checksum holds can still come from a faulty writer, and a bad field would
+        otherwise fail every later lookup instead of the load."""
+        number, optional = (int, float), (int, float, type(None))
+        kinds: dict[str, tuple[type, ...]] = {
+            "id": (int,),
+            "query": (str,),
+            "response": (str, type(None)),
+            "context_turns": (int,),
+            "context_vector": (bytes, type(None)),
+            "created_at": number,
+            "expires_at": optional,
+            "last_used_at": number,
+            "hits": (int,),
+            "right_feedback": (int,),
+            "wrong_feedback": (int,),
+            "metadata": (dict,),
+            "category": (str,),
+            "size": (int,),
+            "last_similarity": optional,
+            "last_threshold": optional,
+            "last_category": (str, type(None)),
+        }
+        for name, allowed in kinds.items():
+            value = getattr(self, name)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise ValueError(f"entry {self.id!r}: {name} is {type(value).__name__}")
+        return self
+
 
 ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 

@@ -78,6 +78,15 @@ class VectorIndex:
             raise SnapshotError(f"index bytes are unreadable: {exc}") from exc
         if restored is None or restored.ndim != self.dim:
             raise SnapshotError("index bytes do not hold an index of the configured dimension")
+        if restored.dtype != _SCALARS[self.dtype] or restored.connectivity != self.connectivity:
+            # Saved under another dtype or connectivity: rebuilt as configured, so a changed
+            # setting reaches existing caches (from the stored vectors: i8 -> f16 keeps i8's
+            # precision, it cannot restore what was rounded away).
+            keys = np.asarray(restored.keys, dtype=np.uint64)
+            rebuilt = self._new()
+            if len(keys):
+                rebuilt.add(keys, np.stack(restored.get(keys, dtype=np.float32)), threads=1)
+            restored = rebuilt
         self._index = restored
 
     def serialized_bytes(self) -> int:

@@ -47,3 +47,17 @@ def test_enable_never_hits_disable(real_embedder):
     got = cache.lookup("How do I disable 2FA?")
     assert not got.hit and got.reason in (Reason.GUARDED, Reason.BELOW_THRESHOLD)
     assert cache.lookup("How can I turn on 2FA?").hit
+
+
+def test_text_the_model_cannot_see_never_stands_in_for_other_text(real_embedder):
+    # Every emoji, a word in a script the vocabulary lacks, or a 160-character blob is the one
+    # [UNK] token: without the "unseen" guard these pairs hit each other at similarity 1.0.
+    cache = SemanticCache("alice", embedder=real_embedder)
+    pizza = cache.insert("What does the 🍕 emoji mean?", "A slice of pizza.")
+    blob = cache.insert("Decode this base64 string: " + "QUJD" * 40, "ABC...")
+    for other in ("What does the 🚀 emoji mean?", "Decode this base64 string: " + "WFla" * 40):
+        got = cache.lookup(other)
+        assert not got.hit and got.reason == Reason.GUARDED and got.similarity > 0.99
+    assert cache.lookup("what does the 🍕 emoji mean").entry_id == pizza
+    assert cache.lookup("Decode this base64 string: " + "QUJD" * 40).entry_id == blob
+    assert real_embedder.unseen(["ราคาเท่าไหร่ ok", "plain words"]) == [("ราคาเท่าไหร",), ()]

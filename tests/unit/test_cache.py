@@ -463,3 +463,36 @@ def test_registry_under_eviction_pressure_loses_no_insert_or_delete(embedder, co
     registry.flush()
     for user, ids in kept.items():
         assert set(SemanticCache(user, store=store, config=config, embedder=embedder)._entries) == set(ids)
+
+
+def test_a_snapshot_with_a_valid_checksum_but_bad_fields_is_refused(make_cache):
+    from edgecache import snapshot
+
+    cache = make_cache()
+    cache.insert("a perfectly good question", "answer")
+    payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
+    fields = payload["entry_fields"]
+    for name, bad in (("expires_at", "soon"), ("query", 12), ("metadata", [1])):
+        row = list(payload["entries"][0])
+        row[fields.index(name)] = bad
+        broken = snapshot.encode({**payload, "entries": [row]})
+        with pytest.raises(SnapshotError, match=name):
+            make_cache().restore(broken)
+    for index in (None, "/etc/passwd"):
+        with pytest.raises(SnapshotError):
+            make_cache().restore(snapshot.encode({**payload, "index": index}))
+    target = make_cache()
+    target.insert("kept", "kept")
+    with pytest.raises(SnapshotError):
+        target.restore(snapshot.encode({**payload, "index": None}))
+    assert target.lookup("kept").hit
+
+
+def test_a_snapshot_saved_under_another_dtype_is_rebuilt_as_configured(make_cache):
+    saved = make_cache(dtype="i8")
+    entry_id = saved.insert("how do I enable two factor auth", "Settings > Security")
+    loaded = make_cache(dtype="f16")
+    loaded.restore(saved.to_bytes())
+    assert loaded._index._index.dtype == VectorIndex(4, "f16")._index.dtype
+    assert loaded.lookup("how do I enable two factor auth").entry_id == entry_id
+    assert loaded.stats().dtype == "f16"

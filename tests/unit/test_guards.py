@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from edgecache import CacheConfig, Reason
@@ -125,9 +127,9 @@ def test_guards_are_read_only_at_or_above_the_threshold(make_cache, monkeypatch)
 
     calls = []
 
-    def counting_veto(query, cached):
+    def counting_veto(query, cached, *unseen):
         calls.append(cached)
-        return veto(query, cached)
+        return veto(query, cached, *unseen)
 
     monkeypatch.setattr(edgecache.cache, "veto", counting_veto)
     cache = make_cache(threshold=0.7)
@@ -137,3 +139,24 @@ def test_guards_are_read_only_at_or_above_the_threshold(make_cache, monkeypatch)
     assert calls == ["how do I enable 2fa on my account"]
     assert not cache.lookup("recipe for banana bread").hit
     assert len(calls) == 1
+
+
+def test_text_the_encoder_cannot_see_must_match_exactly():
+    assert veto("what does the 🍕 emoji mean", "what does the 🚀 emoji mean", ("🍕",), ("🚀",)) == "unseen"
+    assert veto("what does 🍕 mean", "what does this mean", ("🍕",), ()) == "unseen"
+    assert veto("what does the 🍕 emoji mean", "what is the 🍕 emoji", ("🍕",), ("🍕",)) is None
+    assert veto("🍕 and 🚀", "🚀 and 🍕", ("🍕", "🚀"), ("🚀", "🍕")) is None
+
+
+def test_the_cache_asks_its_embedder_what_it_cannot_see(make_cache, embedder, monkeypatch):
+    """An embedder that, like the real vocabulary, maps every emoji to one unknown token."""
+    blind = re.compile(r"[^\x00-\x7f]+")
+    monkeypatch.setattr(
+        embedder, "unseen", lambda texts: [tuple(blind.findall(t)) for t in texts], raising=False
+    )
+    monkeypatch.setattr(embedder, "_vector", lambda t, v=embedder._vector: v(blind.sub("?", t)))
+    cache = make_cache()
+    pizza = cache.insert("what does the 🍕 emoji mean", "a slice of pizza")
+    rocket = cache.lookup("what does the 🚀 emoji mean")
+    assert rocket.similarity == pytest.approx(1.0) and not rocket.hit and rocket.reason == Reason.GUARDED
+    assert cache.lookup("What does the 🍕 emoji mean?").entry_id == pizza
