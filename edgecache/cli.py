@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
 from pathlib import Path
 
-from .config import CacheConfig, read_settings
+from .config import DTYPES, CacheConfig, read_settings
 from .errors import EdgecacheError
 from .home import edgecache_home
 from .raycluster import is_loopback_host
@@ -23,6 +24,7 @@ def load_config(path: str | None) -> CacheConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .cache import SemanticCache
     from .embedder import shared_embedder
     from .load import BackendMonitor
     from .proxy import ProxySettings, Upstream
@@ -33,25 +35,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store_dir = Path(args.store) if args.store else edgecache_home() / "caches"
     embedder = shared_embedder(config.projection, threads=config.encoder_threads)
-    bodies = LocalFolderStore(Path(args.bodies)) if args.bodies else None
-    load = BackendMonitor(*args.backend_latency) if args.backend_latency else BackendMonitor()
+    try:
+        load = BackendMonitor(*args.backend_latency) if args.backend_latency else BackendMonitor()
+    except ValueError as exc:
+        raise EdgecacheError(f"--backend-latency: {exc}") from exc
+    stores = [LocalFolderStore(store_dir)] + ([LocalFolderStore(Path(args.bodies))] if args.bodies else [])
     registry = CacheRegistry(
-        LocalFolderStore(store_dir), config, embedder, max_loaded=args.max_users, bodies=bodies, load=load
+        stores[0],
+        config,
+        embedder,
+        max_loaded=args.max_users,
+        bodies=stores[1] if args.bodies else None,
+        load=load,
     )
+    # A configuration no cache can be built with fails now, not on every request.
+    SemanticCache("edgecache-startup-check", config=config, embedder=embedder)
     upstream = None
     if args.upstream_url:
         settings = ProxySettings(
             args.upstream_url, os.environ.get("EDGECACHE_UPSTREAM_API_KEY"), args.max_temperature
         )
         upstream = Upstream(settings, monitor=load)
-    server = CacheServer(
-        registry,
-        args.host,
-        args.port,
-        user_header=args.user_header,
-        flush_seconds=args.flush_seconds,
-        upstream=upstream,
-    )
+    try:
+        server = CacheServer(
+            registry,
+            args.host,
+            args.port,
+            user_header=args.user_header,
+            flush_seconds=args.flush_seconds,
+            upstream=upstream,
+        )
+    except OSError as exc:
+        raise EdgecacheError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     host, port = server.address
     if not is_loopback_host(host):
         logging.warning("listening on %s: put an auth layer that sets %s in front", host, args.user_header)
@@ -143,6 +158,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(kind: type, low: float, what: str):
+    """An argparse type: a finite `kind` >= low (`what` says so in the error)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    port = _number(int, 0, "a port number (0-65535)")(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return port
+
+
+def _header_name(text: str) -> str:
+    if not text or not all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP header name")
+    return text
+
+
+def _setting(text: str) -> str:
+    """An eval setting: projection:dtype[:guards]."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[1] not in DTYPES or parts[2:] not in ([], ["guards"]):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not projection:dtype[:guards] (dtype one of {', '.join(DTYPES)})"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecache", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -150,12 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the local HTTP service on 127.0.0.1")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=_port, default=8080, help="0: any free port")
     serve.add_argument("--store", help="snapshot folder (default: $EDGECACHE_HOME/caches)")
     serve.add_argument("--config", help="CacheConfig as .json or .toml")
-    serve.add_argument("--user-header", default="X-Edgecache-User")
-    serve.add_argument("--max-users", type=int, default=256, help="caches kept in memory")
-    serve.add_argument("--flush-seconds", type=float, default=5.0)
+    serve.add_argument("--user-header", type=_header_name, default="X-Edgecache-User")
+    serve.add_argument(
+        "--max-users", type=_number(int, 1, "a positive integer"), default=256, help="caches kept in memory"
+    )
+    serve.add_argument(
+        "--flush-seconds", type=_number(float, 0.01, "a number of seconds >= 0.01"), default=5.0
+    )
     serve.add_argument(
         "--bodies",
         help="folder for response bodies (hybrid layout: only index and metadata in memory and "
@@ -174,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--backend-latency",
-        type=float,
+        type=_number(float, 0.0, "a number of seconds >= 0"),
         nargs=2,
         metavar=("NORMAL_S", "OVERLOADED_S"),
         help="backend latency (seconds) reported to /v1/backend that counts as normal and as "
@@ -200,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=str(DEFAULT_RESULTS))
     ev.add_argument(
         "--settings",
+        type=_setting,
         nargs="+",
         default=["none:f32", "pca-64:i8", "learned-64:i8", "learned-64:i8:guards"],
         help="projection:dtype[:guards] settings",
@@ -209,8 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="latency, throughput, bytes, RSS, cold start (+ GPTCache)")
     bench.add_argument("--out", default=str(DEFAULT_RESULTS))
-    bench.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    bench.add_argument("--queries", type=int, default=1_000)
+    bench.add_argument(
+        "--sizes", type=_number(int, 1, "a positive integer"), nargs="+", default=[1_000, 10_000, 100_000]
+    )
+    bench.add_argument("--queries", type=_number(int, 1, "a positive integer"), default=1_000)
     bench.add_argument("--gptcache-python", help="python of a venv with gptcache, for the side-by-side")
     bench.set_defaults(func=cmd_bench)
     from .llm.cli import add_llm_parser

@@ -7,6 +7,7 @@ users can never collide on a key.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .errors import ConflictError, InvalidInputError
+from .errors import ConfigError, ConflictError, InvalidInputError
 
 _KEY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -146,12 +147,31 @@ class MemoryStore:
             self._data.pop(_check_key(key), None)
 
 
+# A temp file this old is left by a writer that died mid-write (a live write takes seconds).
+STALE_TEMP_SECONDS = 3600.0
+
+
 class LocalFolderStore:
     """One file per key; writes are atomic (temp file, fsync, rename, fsync folder)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {self.root} as a store folder: {exc.strerror or exc}") from exc
+        if not self.root.is_dir():
+            raise ConfigError(f"cannot use {self.root} as a store folder: not a folder")
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of writers killed mid-write: the snapshot itself is intact (the rename
+        never happened), but each left a snapshot-sized file behind."""
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for tmp in self.root.glob(".*.tmp"):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)

@@ -48,3 +48,57 @@ def test_policy_from_a_toml_file(tmp_path):
     path.write_text("[policy.categories.code]\neviction = 'fifo'\n")
     with pytest.raises(ConfigError, match="eviction"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--port", "-1"],
+        ["serve", "--port", "70000"],
+        ["serve", "--max-users", "0"],
+        ["serve", "--flush-seconds", "0"],
+        ["serve", "--flush-seconds", "nan"],
+        ["serve", "--user-header", ""],
+        ["serve", "--backend-latency", "nan", "5"],
+        ["bench", "--sizes", "-5"],
+        ["bench", "--queries", "0"],
+        ["eval", "--settings", "bogus"],
+        ["eval", "--settings", "learned-64:i4"],
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+def run_serve(argv, monkeypatch, embedder):
+    """`edgecache serve` up to the point it would serve, with the hashing embedder."""
+    import edgecache.embedder
+    from edgecache.cli import main
+
+    monkeypatch.setattr(edgecache.embedder, "shared_embedder", lambda *a, **k: embedder)
+    return main(["serve", *argv])
+
+
+def test_serve_setup_errors_are_one_line(tmp_path, monkeypatch, capsys, embedder):
+    import socket
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = {
+            ("--store", str(a_file)): "as a store folder",
+            ("--port", port, "--store", str(tmp_path / "s")): "cannot listen",
+            ("--backend-latency", "10", "2", "--store", str(tmp_path / "s")): "--backend-latency",
+        }
+        for argv, message in cases.items():
+            assert run_serve(list(argv), monkeypatch, embedder) == 2
+            assert message in capsys.readouterr().err
+    seedless = tmp_path / "cache.toml"
+    seedless.write_text("[policy.categories.legal]\nthreshold = 0.9\n")
+    assert run_serve(["--config", str(seedless), "--store", str(tmp_path / "s")], monkeypatch, embedder) == 2
+    assert "seeds" in capsys.readouterr().err

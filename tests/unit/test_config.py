@@ -21,7 +21,11 @@ def test_defaults_are_valid_and_round_trip():
         {"dtype": "i4"},
         {"top_k": 0},
         {"connectivity": True},
+        {"connectivity": 1_000_000_000},
         {"max_entries": 0},
+        {"max_entries": True},
+        {"threshold": True},
+        {"ttl_seconds": True},
     ],
 )
 def test_invalid_values_raise_config_error(bad):
@@ -32,3 +36,8 @@ def test_invalid_values_raise_config_error(bad):
 def test_unknown_keys_are_named():
     with pytest.raises(ConfigError, match="treshold"):
         CacheConfig.from_dict({"treshold": 0.5})
+
+
+def test_from_dict_needs_a_mapping():
+    with pytest.raises(ConfigError, match="mapping"):
+        CacheConfig.from_dict([1, 2])

@@ -66,3 +66,19 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert store.get("user") == b"good snapshot"
     assert [p.name for p in tmp_path.iterdir()] == ["user"]  # no temp file left behind
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    import time
+
+    from edgecache.stores import STALE_TEMP_SECONDS
+
+    store = LocalFolderStore(tmp_path)
+    store.put("k", b"kept")
+    stale, fresh = tmp_path / ".k.dead.tmp", tmp_path / ".k.live.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half a snapshot")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    LocalFolderStore(tmp_path)
+    assert not stale.exists() and fresh.exists() and store.get("k") == b"kept"
