@@ -56,7 +56,13 @@ class Encoder:
         self._session = ort.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self._tokenizer = configure_tokenizer(Tokenizer.from_file(str(tokenizer_path)), max_tokens)
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # tokenizers raises a bare Exception, without the path
+            raise ModelNotBuiltError(
+                f"cannot read the tokenizer {tokenizer_path} ({exc}); rebuild: edgecache model build"
+            ) from exc
+        self._tokenizer = configure_tokenizer(tokenizer, max_tokens)
         self.dim = int(self._session.get_outputs()[0].shape[-1])
         self.fingerprint = fingerprint
         self.max_tokens = max_tokens
@@ -117,11 +123,14 @@ def load_encoder(
     folder = current_model_dir(home, name)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
+        fingerprint = manifest["sha256"]
+        if not isinstance(fingerprint, str):
+            raise ValueError("its sha256 is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelNotBuiltError(
-            f"the built model in {folder} is incomplete ({exc}); rebuild: edgecache model build"
+            f"the built model in {folder} is incomplete (manifest: {exc!r}); rebuild: edgecache model build"
         ) from exc
     model = folder / "model.onnx"
-    if verify and (not model.is_file() or sha256_file(model) != manifest["sha256"]):
+    if verify and (not model.is_file() or sha256_file(model) != fingerprint):
         raise ModelNotBuiltError(f"{model} does not match its manifest hash; rebuild: edgecache model build")
-    return Encoder(model, folder / TOKENIZER_FILE, threads=threads, fingerprint=manifest["sha256"])
+    return Encoder(model, folder / TOKENIZER_FILE, threads=threads, fingerprint=fingerprint)

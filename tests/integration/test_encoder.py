@@ -78,6 +78,25 @@ def test_tampered_model_is_refused(tmp_path, monkeypatch):
         load_encoder()
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "tokenizer.json").unlink(), "cannot read the tokenizer"),
+        (lambda d: (d / "tokenizer.json").write_text("{garbled"), "cannot read the tokenizer"),
+        (lambda d: (d / "manifest.json").write_text("{}"), "manifest"),
+    ],
+)
+def test_a_damaged_model_folder_says_how_to_rebuild(tmp_path, monkeypatch, damage, message):
+    src = current_model_dir()
+    dst = tmp_path / "models" / "minilm-l6-int8"
+    shutil.copytree(src.parent, dst)
+    damage(dst / src.name)
+    monkeypatch.setenv("EDGECACHE_HOME", str(tmp_path))
+    with pytest.raises(ModelNotBuiltError, match=message) as err:
+        load_encoder()
+    assert "edgecache model build" in str(err.value)
+
+
 def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120
