@@ -36,10 +36,11 @@ Method = Literal["prototype", "nearest", "knn"]
 METHODS: tuple[str, ...] = ("prototype", "nearest", "knn")
 FALLBACK = "other"
 
-# The examples below were written for this module by hand as generic, everyday queries.
-# None is copied or paraphrased from the evaluation data in ../shared/data (CLINC150,
-# MT-bench, FreshQA): that data measures this classifier, so using it here would be
-# cheating. Few-shot refinement with real labelled queries goes through `refine`.
+# The examples below were written for this module by hand as generic, everyday queries,
+# not drawn from the evaluation data in ../shared/data (CLINC150, MT-bench, FreshQA), which
+# measures this classifier. Being generic, a few equal rows there word for word ("tell me a
+# joke", "are you a robot": 10 CLINC train queries and one val query); benchmarks/README.md
+# lists them. Few-shot refinement with real labelled queries goes through `refine`.
 DEFAULT_SEEDS: dict[str, dict[str, Any]] = {
     "code": {
         "description": "Programming: writing, explaining, fixing or reviewing source code and software.",

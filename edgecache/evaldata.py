@@ -96,6 +96,36 @@ def load_contextual(root: Path | None = None) -> dict[str, list[Conversation]]:
     return out
 
 
+def disjoint_halves(conversations: list[Conversation]) -> tuple[list[Conversation], list[Conversation]]:
+    """Two halves that share no text, for choosing thresholds on one and reporting the other.
+
+    new_claude repeats conversations (41 of its 124 rows) and first turns, so alternate rows
+    would put the same follow-ups in both halves. Conversations linked by any shared first
+    turn, follow-up or paraphrase form one group; groups alternate in order of appearance.
+    """
+    parent = list(range(len(conversations)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[str, int] = {}
+    for i, c in enumerate(conversations):
+        for text in (c.u0, c.u1, c.u0_paraphrase, c.u1_paraphrase):
+            if text is not None:
+                parent[root(i)] = root(first_seen.setdefault(text, i))
+    groups: dict[int, list[Conversation]] = {}
+    for i, c in enumerate(conversations):
+        groups.setdefault(root(i), []).append(c)
+    ordered = list(groups.values())
+    return (
+        [c for g in ordered[0::2] for c in g],
+        [c for g in ordered[1::2] for c in g],
+    )
+
+
 @dataclass(frozen=True)
 class FollowUpPair:
     """A follow-up cached under its first turn, and one asked later on the same topic."""

@@ -145,8 +145,8 @@ def test_followup_pairs_count_own_hits_and_same_topic_false_hits(embedder):
     assert len(shipped) >= 100 and {p.must_hit for p in shipped} == {True, False}
 
 
-def test_balanced_report_picks_on_validation_and_also_reports_the_default_threshold():
-    from edgecache.evalrun import balanced_report
+def test_balanced_report_picks_on_balanced_validation_and_reports_the_whole_split_threshold():
+    from edgecache.evalrun import BALANCED_SEEDS, balanced_report
 
     labels = {"validation": np.array([1, 0, 0, 1, 0, 0]), "test": np.array([1, 0, 0, 0, 1, 0])}
     # Pairs as similarities; a pair is a hit at t when its similarity >= t.
@@ -155,17 +155,42 @@ def test_balanced_report_picks_on_validation_and_also_reports_the_default_thresh
         "test": np.array([0.7, 0.5, 0.6, 0.5, 0.9, 0.3]),
     }
     thresholds = [0.6, 0.7, 0.8]
+    seen = []
 
     def sweep(split, rows):
+        seen.append(split)
         hits = np.array([sims[split] >= t for t in thresholds])
         return sweep_of(hits, labels[split], thresholds, rows=rows)
 
-    report = balanced_report(sweep, labels, default_threshold=0.8)
-    assert report["validation_best"]["threshold"] == 0.7
-    chosen, default = report["test_at_validation_threshold"], report["test_at_default_threshold"]
-    assert chosen["threshold"] == 0.7 and default["threshold"] == 0.8
+    report = balanced_report(sweep, labels, whole_validation_threshold=0.8)
+    # Validation's duplicates reach 0.75 and no non-duplicate 0.7, whichever are drawn.
+    assert report["validation_best"]["threshold"] == 0.7 and report["validation_best"]["f1"] == 1.0
+    assert seen.count("validation") == seen.count("test") == len(BALANCED_SEEDS)
+    chosen, whole = report["test_at_validation_threshold"], report["test_at_whole_validation_threshold"]
+    assert chosen["threshold"] == 0.7 and whole["threshold"] == 0.8
     # At 0.7 both test duplicates hit and no non-duplicate reaches 0.7: F1 1 on every draw.
     assert chosen["f1"] == 1.0 and chosen["pairs"] == 4
     # At 0.8 only one of the two duplicates hits.
-    assert default["recall"] == 0.5 and default["precision"] == 1.0
-    assert "test_at_default_threshold" not in balanced_report(sweep, labels)
+    assert whole["recall"] == 0.5 and whole["precision"] == 1.0
+    assert "test_at_whole_validation_threshold" not in balanced_report(sweep, labels)
+
+
+def test_disjoint_halves_keep_linked_conversations_together():
+    from edgecache.evaldata import Conversation, disjoint_halves
+
+    convs = [
+        Conversation("france", "population?", "tell me of france", "how many people?"),
+        Conversation("japan", "population?", None, None),  # shares the follow-up with france
+        Conversation("peru", "capital?", None, None),
+        Conversation("peru", "language?", None, None),  # shares the first turn
+        Conversation("chile", "capital?", None, None),  # linked to peru through "capital?"
+        Conversation("kenya", "currency?", None, None),
+    ]
+    tune, held = disjoint_halves(convs)
+    assert [c.u0 for c in tune] == ["france", "japan", "kenya"]
+    assert [c.u0 for c in held] == ["peru", "peru", "chile"]
+
+    def texts(half):
+        return {t for c in half for t in (c.u0, c.u1, c.u0_paraphrase, c.u1_paraphrase) if t}
+
+    assert not texts(tune) & texts(held)
