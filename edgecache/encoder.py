@@ -89,10 +89,14 @@ class Encoder:
         [UNK] token, so texts that differ only there get the same vector."""
         if self._unknown_id is None or not texts:
             return [()] * len(texts)
-        return [
-            tuple(text[s:e] for i, (s, e) in zip(enc.ids, enc.offsets, strict=True) if i == self._unknown_id)
-            for text, enc in zip(texts, self._tokenizer.encode_batch(texts), strict=True)
-        ]
+        out: list[tuple[str, ...]] = []
+        for idx in batches(len(texts), 1024):  # all 117k QQP texts at once would hold ~0.4 GB
+            chunk = [texts[i] for i in idx]
+            out += [
+                tuple(t[s:e] for i, (s, e) in zip(enc.ids, enc.offsets, strict=True) if i == self._unknown_id)
+                for t, enc in zip(chunk, self._tokenizer.encode_batch(chunk), strict=True)
+            ]
+        return out
 
     def encode(self, texts: str | list[str]) -> np.ndarray:
         """One string gives shape (dim,); a list gives (n, dim)."""
