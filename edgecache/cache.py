@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import math
 import secrets
 import threading
 import time
@@ -26,6 +25,7 @@ from .followups import FollowUpTable
 from .guards import veto
 from .load import LoadSignal
 from .metadata import checked_metadata
+from .policy import is_ttl
 from .results import ENTRY_FIELDS, CacheStats, Entry, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
@@ -329,12 +329,7 @@ class SemanticCache:
         categories = categories if categories is not None else [None] * n
         if not len(responses) == len(contexts) == len(metadata) == len(categories) == n:
             raise InvalidInputError("queries, responses, contexts, metadata and categories differ in length")
-        if ttl_seconds is not None and (
-            not isinstance(ttl_seconds, int | float)
-            or isinstance(ttl_seconds, bool)
-            or not math.isfinite(ttl_seconds)
-            or ttl_seconds <= 0
-        ):
+        if ttl_seconds is not None and not is_ttl(ttl_seconds):
             raise InvalidInputError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
         metadata = [checked_metadata(m) for m in metadata]
         for c in categories:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .decision import Thresholds
 from .errors import ConfigError, EdgecacheError
-from .policy import Policy, refuse_unknown_keys
+from .policy import Policy, is_number, is_ttl, refuse_unknown_keys
 
 DTYPES = ("f32", "f16", "i8")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -53,11 +48,9 @@ class CacheConfig:
     def __post_init__(self) -> None:
         for name in ("threshold", "followup_threshold", "context_threshold"):
             value = getattr(self, name)
-            if not _is_number(value) or not -1.0 <= value <= 1.0:
+            if not is_number(value) or not -1.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be a number in [-1, 1], got {value!r}")
-        if self.ttl_seconds is not None and (
-            not _is_number(self.ttl_seconds) or not math.isfinite(self.ttl_seconds) or self.ttl_seconds <= 0
-        ):
+        if self.ttl_seconds is not None and not is_ttl(self.ttl_seconds):
             raise ConfigError(f"ttl_seconds must be a positive number or None, got {self.ttl_seconds!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")

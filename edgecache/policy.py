@@ -46,11 +46,9 @@ class CategoryPolicy:
         where = f"category {self.name!r}"
         for name in ("threshold", "context_threshold"):
             value = getattr(self, name)
-            if value is not None and (not _is_number(value) or not -1.0 <= value <= 1.0):
+            if value is not None and (not is_number(value) or not -1.0 <= value <= 1.0):
                 raise ConfigError(f"{where}: {name} must be a number in [-1, 1] or null, got {value!r}")
-        if self.ttl_seconds is not None and (
-            not _is_number(self.ttl_seconds) or not math.isfinite(self.ttl_seconds) or self.ttl_seconds <= 0
-        ):
+        if self.ttl_seconds is not None and not is_ttl(self.ttl_seconds):
             raise ConfigError(f"{where}: ttl_seconds must be a positive number or null")
         for name in ("max_entries", "max_bytes"):
             value = getattr(self, name)
@@ -58,9 +56,9 @@ class CategoryPolicy:
                 raise ConfigError(f"{where}: {name} must be a positive integer or null, got {value!r}")
         if self.eviction not in STRATEGIES:
             raise ConfigError(f"{where}: eviction must be one of {sorted(STRATEGIES)}, got {self.eviction!r}")
-        if not _is_number(self.max_relax) or not 0.0 <= self.max_relax <= 0.5:
+        if not is_number(self.max_relax) or not 0.0 <= self.max_relax <= 0.5:
             raise ConfigError(f"{where}: max_relax must be in [0, 0.5], got {self.max_relax!r}")
-        if not _is_number(self.max_ttl_factor) or not 1.0 <= self.max_ttl_factor <= 100.0:
+        if not is_number(self.max_ttl_factor) or not 1.0 <= self.max_ttl_factor <= 100.0:
             raise ConfigError(f"{where}: max_ttl_factor must be in [1, 100], got {self.max_ttl_factor!r}")
         seeds = tuple(self.seeds) if isinstance(self.seeds, list | tuple) else None
         if seeds is None or not all(isinstance(s, str) and s.strip() for s in seeds):
@@ -75,8 +73,14 @@ def refuse_unknown_keys(data: dict, allowed: set[str], prefix: str) -> None:
         raise ConfigError(f"{prefix} {', '.join(sorted(unknown))}")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float; True and False do not count."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_ttl(value: Any) -> bool:
+    """A valid TTL: a finite number of seconds above zero."""
+    return is_number(value) and value > 0
 
 
 # Sensible defaults, by what goes stale and what a wrong answer costs. No threshold is
@@ -130,12 +134,12 @@ class Policy:
         if not isinstance(self.classify, bool):
             raise ConfigError("policy.classify must be true or false")
         score = self.min_category_score
-        if score is not None and (not _is_number(score) or not -1.0 <= score <= 1.0):
+        if score is not None and (not is_number(score) or not -1.0 <= score <= 1.0):
             raise ConfigError(f"policy.min_category_score must be in [-1, 1] or null, got {score!r}")
         target = self.false_hit_target
-        if target is not None and (not _is_number(target) or not 0.0 < target < 1.0):
+        if target is not None and (not is_number(target) or not 0.0 < target < 1.0):
             raise ConfigError(f"policy.false_hit_target must be in (0, 1) or null, got {target!r}")
-        if not _is_number(self.confidence) or not 0.5 <= self.confidence < 1.0:
+        if not is_number(self.confidence) or not 0.5 <= self.confidence < 1.0:
             raise ConfigError(f"policy.confidence must be in [0.5, 1), got {self.confidence!r}")
         horizon = self.false_hit_horizon
         if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -44,3 +46,21 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def run_in_threads(target: Callable[..., object], args: Iterable[tuple]) -> list[BaseException]:
+    """Run target(*a) for each a in its own thread, all at once; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(*a: object) -> None:
+        try:
+            target(*a)
+        except Exception as exc:  # returned to the test, which asserts there are none
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=a) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

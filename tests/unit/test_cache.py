@@ -16,7 +16,7 @@ from edgecache import (
 from edgecache.registry import CacheRegistry
 from edgecache.results import Entry
 from edgecache.vectorindex import VectorIndex
-from tests.helpers import HashingEmbedder
+from tests.helpers import HashingEmbedder, run_in_threads
 
 
 def test_insert_then_lookup_hits_own_entry(make_cache):
@@ -319,21 +319,13 @@ def test_registry_saves_evicted_and_flushes(embedder, config, tmp_path):
 
 def test_concurrent_inserts_and_lookups_lose_nothing(make_cache):
     cache = make_cache()
-    errors = []
 
     def worker(n):
-        try:
-            for i in range(50):
-                cache.insert(f"thread {n} question {i}", f"{n}-{i}")
-                cache.lookup(f"thread {n} question {i // 2}")
-        except Exception as exc:  # pragma: no cover - the assertion reports it
-            errors.append(exc)
+        for i in range(50):
+            cache.insert(f"thread {n} question {i}", f"{n}-{i}")
+            cache.lookup(f"thread {n} question {i // 2}")
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, [(n,) for n in range(6)])
     assert not errors
     assert len(cache) == 300 and len({e for e in cache._entries}) == 300
     restored = make_cache()
@@ -439,26 +431,18 @@ def test_registry_under_eviction_pressure_loses_no_insert_or_delete(embedder, co
     store = LocalFolderStore(tmp_path)
     registry = CacheRegistry(store, config, embedder, max_loaded=1)
     kept: dict[str, list[int]] = {f"user-{u}": [] for u in range(5)}
-    errors = []
 
     def work(user: str, t: int) -> None:
-        try:
-            for i in range(20):
+        for i in range(20):
+            with registry.use(user, mutate=True) as cache:
+                entry_id = cache.insert(f"{user} thread {t} note {i} on invoice {t * 100 + i}", "r")
+            if i % 4 == 0:
                 with registry.use(user, mutate=True) as cache:
-                    entry_id = cache.insert(f"{user} thread {t} note {i} on invoice {t * 100 + i}", "r")
-                if i % 4 == 0:
-                    with registry.use(user, mutate=True) as cache:
-                        cache.delete(entry_id)  # never "not found": the id was just handed out
-                else:
-                    kept[user].append(entry_id)
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+                    cache.delete(entry_id)  # never "not found": the id was just handed out
+            else:
+                kept[user].append(entry_id)
 
-    threads = [threading.Thread(target=work, args=(u, t)) for u in kept for t in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, [(u, t) for u in kept for t in range(2)])
     assert not errors
     registry.flush()
     for user, ids in kept.items():

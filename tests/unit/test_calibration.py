@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import threading
 from fractions import Fraction
 
 import numpy as np
@@ -23,6 +22,7 @@ from edgecache.calibration import (
     lower_bound,
     upper_bound,
 )
+from tests.helpers import run_in_threads
 
 
 def exact_cdf(k: int, n: int, p: Fraction) -> Fraction:
@@ -321,11 +321,7 @@ def test_concurrent_observations_are_all_counted():
         for _ in range(500):
             cal.observe("k", 0.9, True, served_at=0.8)
 
-    threads = [threading.Thread(target=feed) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(feed, [()] * 4)
     assert cal.to_dict()["keys"]["k"]["online"]["360"] == [[380, 2000, 0]]
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from edgecache import LocalFolderStore, MemoryStore, SemanticCache
 from edgecache.errors import ConflictError
+from tests.helpers import run_in_threads
 
 
 def writer(store, embedder, clock, config, bodies=None):
@@ -53,24 +54,16 @@ def test_concurrent_inserts_and_deletes_merge(embedder, clock, config):
 @pytest.mark.parametrize("kind", ["memory", "folder"])
 def test_many_threads_many_writers_lose_no_insert(tmp_path, embedder, clock, config, kind):
     shared = MemoryStore() if kind == "memory" else None
-    errors = []
 
     def work(i: int) -> None:
-        try:
-            # Each writer is its own cache instance, as in separate containers.
-            store = shared if shared is not None else LocalFolderStore(tmp_path)
-            cache = writer(store, embedder, clock, config)
-            for j in range(10):
-                cache.insert(f"writer {i} question number {j} about topic {i * 100 + j}", f"{i}/{j}")
-                cache.save()
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+        # Each writer is its own cache instance, as in separate containers.
+        store = shared if shared is not None else LocalFolderStore(tmp_path)
+        cache = writer(store, embedder, clock, config)
+        for j in range(10):
+            cache.insert(f"writer {i} question number {j} about topic {i * 100 + j}", f"{i}/{j}")
+            cache.save()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, [(i,) for i in range(8)])
     assert not errors
     final = writer(shared if shared is not None else LocalFolderStore(tmp_path), embedder, clock, config)
     assert len(final) == 80
@@ -165,25 +158,18 @@ def test_an_entry_deleted_while_its_save_is_in_flight_stays_deleted(embedder, cl
 
 def test_saves_and_deletes_from_many_threads_lose_no_delete(tmp_path, embedder, clock, config):
     cache = writer(LocalFolderStore(tmp_path), embedder, clock, config)
-    kept, deleted, errors = [], [], []
+    kept, deleted = [], []
 
     def work(t: int) -> None:
-        try:
-            for i in range(25):
-                entry_id = cache.insert(f"thread {t} asks question {i} about widget {t * 100 + i}", "r")
-                (deleted if i % 5 == 0 else kept).append(entry_id)
-                if i % 5 == 0:
-                    cache.delete(entry_id)
-                if i % 4 == 0:
-                    cache.save()
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+        for i in range(25):
+            entry_id = cache.insert(f"thread {t} asks question {i} about widget {t * 100 + i}", "r")
+            (deleted if i % 5 == 0 else kept).append(entry_id)
+            if i % 5 == 0:
+                cache.delete(entry_id)
+            if i % 4 == 0:
+                cache.save()
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, [(t,) for t in range(8)])
     cache.save()
     assert not errors
     for fresh in (cache, writer(LocalFolderStore(tmp_path), embedder, clock, config)):
