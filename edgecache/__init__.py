@@ -17,7 +17,7 @@ from .errors import (
     ModelNotBuiltError,
     SnapshotError,
 )
-from .results import CacheStats, Entry, LookupResult
+from .results import CacheStats, Entry, InsertResult, LookupResult
 from .stores import LocalFolderStore, MemoryStore, Store
 from .wrap import cached
 
@@ -32,6 +32,7 @@ __all__ = [
     "EdgecacheError",
     "Entry",
     "EntryNotFoundError",
+    "InsertResult",
     "InvalidInputError",
     "LocalFolderStore",
     "LookupResult",

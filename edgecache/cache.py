@@ -26,7 +26,7 @@ from .guards import veto
 from .load import LoadSignal
 from .metadata import checked_metadata
 from .policy import is_ttl
-from .results import ENTRY_FIELDS, CacheStats, Entry, LookupResult
+from .results import ENTRY_FIELDS, CacheStats, Entry, InsertResult, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, as_text, clean_context, clean_query
 from .vectorindex import VectorIndex
@@ -303,9 +303,20 @@ class SemanticCache:
         category: str | None = None,
     ) -> int:
         """Store a response; returns the new entry id."""
-        return self.insert_many(
-            [query], [response], [context], ttl_seconds, [metadata], categories=[category]
-        )[0]
+        return self.insert_detailed(query, response, context, ttl_seconds, metadata, category).entry_id
+
+    def insert_detailed(
+        self,
+        query: object,
+        response: object,
+        context: list[str] | None = None,
+        ttl_seconds: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        category: str | None = None,
+    ) -> InsertResult:
+        """`insert`, also saying whether the query or a context turn was truncated."""
+        ids, truncated = self._insert([query], [response], [context], ttl_seconds, [metadata], 64, [category])
+        return InsertResult(ids[0], truncated[0])
 
     def insert_many(
         self,
@@ -321,9 +332,22 @@ class SemanticCache:
 
         TTL: `ttl_seconds` if given, else the category's, else the cache-wide one.
         """
+        return self._insert(queries, responses, contexts, ttl_seconds, metadata, batch_size, categories)[0]
+
+    def _insert(
+        self,
+        queries: list[object],
+        responses: list[object],
+        contexts: list[list[str] | None] | None,
+        ttl_seconds: float | None,
+        metadata: list[dict[str, Any] | None] | None,
+        batch_size: int,
+        categories: list[str | None] | None,
+    ) -> tuple[list[int], list[bool]]:
+        """New entry ids and, for each, whether its text was truncated."""
         n = len(queries)
         if n == 0:
-            return []
+            return [], []
         contexts = contexts if contexts is not None else [None] * n
         metadata = metadata if metadata is not None else [None] * n
         categories = categories if categories is not None else [None] * n
@@ -338,7 +362,7 @@ class SemanticCache:
         response_texts = [as_text(r, "response") for r in responses]
         cleaned = [clean_query(q) for q in queries]
         turns = [clean_context(c) for c in contexts]
-        vectors, ctx_of, _, topics = self._embed(cleaned, turns, batch_size)
+        vectors, ctx_of, truncated, topics = self._embed(cleaned, turns, batch_size)
         names = self.rules.categorize(topics, categories)
         with self._lock:
             ids = self._new_ids(n)
@@ -380,7 +404,7 @@ class SemanticCache:
                 self._enforce_quota(name, now)
             self._evict_over_limit(now)
         self._drop_bodies()
-        return ids
+        return ids, truncated
 
     def _write_bodies(self, ids: list[int], texts: list[str], expires: list[float | None]) -> None:
         assert self.bodies is not None

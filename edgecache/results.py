@@ -104,6 +104,13 @@ class LookupResult:
 
 
 @dataclass(frozen=True)
+class InsertResult:
+    entry_id: int
+    # The query (or a context turn) was longer than the encoder reads; only its start was used.
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
 class CacheStats:
     entries: int
     lookups: int

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -125,7 +126,7 @@ class Service:
 
     def insert(self, user: str, body: dict) -> dict:
         with self.registry.use(user, mutate=True) as cache:
-            entry_id = cache.insert(
+            result = cache.insert_detailed(
                 _field(body, "query", (str,)),
                 _field(body, "response", (str,)),
                 context=_field(body, "context", (list,), False),
@@ -133,7 +134,7 @@ class Service:
                 metadata=_field(body, "metadata", (dict,), False),
                 category=_field(body, "category", (str,), False),
             )
-        return {"entry_id": entry_id}
+        return asdict(result)
 
     def feedback(self, user: str, body: dict) -> dict:
         with self.registry.use(user, mutate=True) as cache:

@@ -214,6 +214,10 @@ def test_huge_query_is_truncated_and_says_so(make_cache):
     cache = make_cache()
     got = cache.lookup("tell me " * 200_000)
     assert got.truncated and not got.hit
+    stored = cache.insert_detailed("tell me " * 200_000, "long")
+    assert stored.truncated and cache.lookup("tell me " * 200_000).entry_id == stored.entry_id
+    assert not cache.insert_detailed("short", "r", context=["a context"]).truncated
+    assert cache.insert_detailed("short", "r", context=["tell me " * 200_000]).truncated
 
 
 def test_nan_and_wrong_shape_vectors_are_refused():

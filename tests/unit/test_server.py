@@ -107,6 +107,10 @@ def test_bad_insert_loses_nothing(server):
 def test_huge_query_is_truncated_not_refused(server):
     status, out = call(server, "POST", "/v1/lookup", {"query": "long " * 220_000})  # ~1.1 MB
     assert status == 200 and out["truncated"] is True
+    status, out = call(server, "POST", "/v1/insert", {"query": "long " * 220_000, "response": "r"})
+    assert status == 200 and out["truncated"] is True and isinstance(out["entry_id"], int)
+    status, out = call(server, "POST", "/v1/insert", {"query": "short", "response": "r"})
+    assert status == 200 and out["truncated"] is False
 
 
 def test_oversized_body_is_413_before_it_is_read(server):
