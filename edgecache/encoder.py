@@ -38,6 +38,11 @@ class Encoded:
     truncated: list[bool]  # input longer than MAX_TOKENS word pieces
 
 
+# The build leaves residual adds as Add + LayerNormalization because the fused kernel is the
+# slower one on one query; onnxruntime would fuse them again when it loads the graph.
+UNFUSED_AT_LOAD = ("SkipLayerNormFusion",)
+
+
 class Encoder:
     """Encodes a string or a list of strings to unit vectors."""
 
@@ -54,7 +59,10 @@ class Encoder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(model_path),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(UNFUSED_AT_LOAD),
         )
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))

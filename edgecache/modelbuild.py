@@ -135,18 +135,26 @@ def _check_trace(module, onnx_path: Path, src: Path) -> None:
         raise RuntimeError(f"ONNX export disagrees with torch (min cosine {worst:.6f}); not installing it")
 
 
-def _fuse(exported: Path, out: Path, src: Path) -> dict[str, int]:
+def _fuse(exported: Path, out: Path, src: Path, skip_layer_norm: bool = False) -> dict[str, int]:
     """BERT operator fusion of the exported graph of the model in `src`; refuses a fused
     graph that computes anything else. Returns how many of each fused operator it made."""
     import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = json.loads((src / "config.json").read_text())
+    # Residual adds stay Add + LayerNormalization: on one 14-token query onnxruntime 1.32's
+    # SkipLayerNormalization kernel took 33 us a call against 7 us for LayerNormalization and
+    # 4 us per Add, and the encoder runs 0.88-0.91x as long without it (benchmarks/README.md).
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = skip_layer_norm
+    options.enable_bias_skip_layer_norm = skip_layer_norm
     fused = optimize_model(
         str(exported),
         model_type="bert",
         num_heads=int(config["num_attention_heads"]),
         hidden_size=int(config["hidden_size"]),
+        optimization_options=options,
     )
     stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
     onnx.save(fused.model, str(out))
@@ -205,7 +213,7 @@ def build_model(
         t0 = time.perf_counter()
         progress(f"[1/{steps}] exporting {src.name} to ONNX (opset {ONNX_OPSET}) ...")
         _export_fp32(src, tmp / "exported.onnx")
-        progress(f"[2/{steps}] fusing attention and layer norms ... ({time.perf_counter() - t0:.1f}s)")
+        progress(f"[2/{steps}] fusing attention, embedding norm, GELU ... ({time.perf_counter() - t0:.1f}s)")
         fused_ops = _fuse(tmp / "exported.onnx", tmp / "model-fp32.onnx", src)
         (tmp / "exported.onnx").unlink()
         progress(f"[3/{steps}] quantizing ({recipe}) ... ({time.perf_counter() - t0:.1f}s)")

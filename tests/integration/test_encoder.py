@@ -37,6 +37,8 @@ def test_built_graph_runs_fused_attention_and_matches_the_shipped_projections():
     # One fused (quantized) attention per transformer layer: the unfused MatMul/Softmax chain is gone.
     assert manifest["fused_ops"]["Attention"] == ops.count("QAttention") == 6
     assert "Softmax" not in ops
+    # Residual adds stay unfused (the fused kernel is the slower one), and stay so once loaded.
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 12
     # The pinned build reproduces the graph the shipped projections were fitted on.
     assert shipped("learned-64").info["fitted_on_encoder"] == manifest["sha256"]
 
@@ -138,3 +140,22 @@ def test_recent_texts_skip_the_model_and_the_lru_is_bounded():
     embedder.embed(["gamma question"])  # evicts beta, the least recently used
     embedder.embed(["beta question"])
     assert calls[-1] == ["beta question"] and len(embedder._recent) == 2
+
+
+def test_the_runtime_does_not_fuse_the_residual_adds_again(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from edgecache.encoder import UNFUSED_AT_LOAD
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(
+        str(current_model_dir() / "model.onnx"),
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(UNFUSED_AT_LOAD),
+    )
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "loaded.onnx")).graph.node]
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 12
