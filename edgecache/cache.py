@@ -41,6 +41,8 @@ def context_text(turns: list[str], keep: int) -> str:
 
 
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
+# Texts per encoder call when inserting; each text still gets its own graph run (Encoder).
+INSERT_BATCH = 64
 
 
 def _headroom(limit: int | None) -> int:
@@ -315,7 +317,9 @@ class SemanticCache:
         category: str | None = None,
     ) -> InsertResult:
         """`insert`, also saying whether the query or a context turn was truncated."""
-        ids, truncated = self._insert([query], [response], [context], ttl_seconds, [metadata], 64, [category])
+        ids, truncated = self._insert(
+            [query], [response], [context], ttl_seconds, [metadata], INSERT_BATCH, [category]
+        )
         return InsertResult(ids[0], truncated[0])
 
     def insert_many(
@@ -325,7 +329,7 @@ class SemanticCache:
         contexts: list[list[str] | None] | None = None,
         ttl_seconds: float | None = None,
         metadata: list[dict[str, Any] | None] | None = None,
-        batch_size: int = 64,
+        batch_size: int = INSERT_BATCH,
         categories: list[str | None] | None = None,
     ) -> list[int]:
         """Store many responses at once (batched encoding); all are validated before any is stored.
