@@ -146,6 +146,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         parts = {k: v for k, v in result.items() if k in ("pooled", "new_claude", "same_topic_pairs")}
         for part, c in (parts or {"": result}).items():
             scored = f"F1 {c['f1']:.3f} P {c['precision']:.3f} R {c['recall']:.3f} " if "f1" in c else ""
+            if "precision_ci95" in c:
+                low, high = c["precision_ci95"]
+                scored += f"(P 95% CI {low:.3f}-{high:.3f}) "
             if "meancache_f1" in c:
                 mc_f1, mc_p = c["meancache_f1"], c["meancache_precision"]
                 scored += f"(MeanCache negatives: F1 {mc_f1:.3f} P {mc_p:.3f}) "

@@ -254,7 +254,10 @@ def contextual_report(config: CacheConfig, encoder: Encoder, projection: Project
 
     def both(convs: list, prs: list, cfg: CacheConfig) -> dict:
         c, p = contextual(convs, embedder, cfg), followup_pairs(prs, embedder, cfg)
-        return {"pooled": pooled(c, p), "new_claude": c, "same_topic_pairs": p}
+        out = {"pooled": pooled(c, p), "new_claude": c, "same_topic_pairs": p}
+        for part in out.values():
+            part["precision_ci95"] = metrics.precision_interval(part["tp"], part["fp"])
+        return out
 
     sweep = []
     for followup in CONTEXT_GRID:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .calibration import lower_bound, upper_bound
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -25,6 +27,13 @@ def scores(threshold: float, tp: int, fp: int, fn: int, n_queries: int) -> Score
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return Scores(threshold, precision, recall, f1, (tp + fp) / max(n_queries, 1), tp, fp, fn)
+
+
+def precision_interval(tp: int, fp: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided interval for precision tp / (tp + fp). On a few dozen
+    hits one wrong hit moves precision by several points; the interval says how far."""
+    side = 1.0 - (1.0 - confidence) / 2
+    return 1.0 - upper_bound(fp, tp + fp, side), 1.0 - lower_bound(fp, tp + fp, side)
 
 
 def best(sweep: list[Scores], min_precision: float = 0.0) -> Scores:

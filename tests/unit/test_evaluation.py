@@ -14,7 +14,7 @@ from edgecache.evaluation import (
     same_topic,
     sweep_of,
 )
-from edgecache.metrics import at, best, scores
+from edgecache.metrics import at, best, precision_interval, scores
 
 
 def unit(*v):
@@ -194,3 +194,13 @@ def test_disjoint_halves_keep_linked_conversations_together():
         return {t for c in half for t in (c.u0, c.u1, c.u0_paraphrase, c.u1_paraphrase) if t}
 
     assert not texts(tune) & texts(held)
+
+
+def test_precision_interval_is_exact_clopper_pearson():
+    # 9 right of 10 hits: the textbook exact 95% interval.
+    low, high = precision_interval(9, 1)
+    assert low == pytest.approx(0.5550, abs=1e-4) and high == pytest.approx(0.9975, abs=1e-4)
+    # All right: the lower end is (alpha / 2) ** (1 / n).
+    low, high = precision_interval(45, 0)
+    assert low == pytest.approx(0.025 ** (1 / 45), abs=1e-6) and high == 1.0
+    assert precision_interval(0, 0) == (0.0, 1.0)
