@@ -156,8 +156,11 @@ class SemanticCache:
                 truncated[i] = flag
         n = len(queries)
         ctx = dict(zip(contexts, allv[n:], strict=True))
+        ctx_truncated = dict(zip(contexts, truncated[n:], strict=True))
+        keep = self.config.context_turns
+        # Only what the encoder reads counts: the query, and the turns the context chain keeps.
         flags = [
-            q.clipped or any(t.clipped for t in ts) or truncated[i]
+            q.clipped or truncated[i] or ctx_truncated.get(i, False) or any(t.clipped for t in ts[-keep:])
             for i, (q, ts) in enumerate(zip(queries, turns, strict=True))
         ]
         return allv[:n], ctx, flags, (rawv if rawv is not None else allv)[:n]

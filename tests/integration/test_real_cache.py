@@ -61,3 +61,15 @@ def test_text_the_model_cannot_see_never_stands_in_for_other_text(real_embedder)
     assert cache.lookup("what does the 🍕 emoji mean").entry_id == pizza
     assert cache.lookup("Decode this base64 string: " + "QUJD" * 40).entry_id == blob
     assert real_embedder.unseen(["ราคาเท่าไหร่ ok", "plain words"]) == [("ราคาเท่าไหร",), ()]
+
+
+def test_truncation_is_reported_for_what_the_encoder_reads(real_embedder):
+    cache = SemanticCache("alice", embedder=real_embedder)
+    # Under the character clip, over the encoder's 256 word pieces.
+    long = " ".join(f"word{i}" for i in range(400))
+    assert cache.insert_detailed(long, "r").truncated
+    assert cache.insert_detailed("what is it?", "r", context=[long]).truncated
+    assert cache.lookup("what is it?", context=[long]).truncated
+    # A long turn older than the chain keeps (context_turns = 2) is never read.
+    assert not cache.insert_detailed("and then?", "r", context=[long, "hi", "hello"]).truncated
+    assert not cache.lookup("what is it?", context=["x " * 40_000, "hi", "hello"]).truncated
