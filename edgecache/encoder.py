@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from ._native import onnxruntime as ort
 from .errors import ModelNotBuiltError
@@ -36,6 +36,7 @@ def batches(count: int, size: int) -> Iterator[list[int]]:
 class Encoded:
     vectors: np.ndarray  # (n, dim) float32, unit norm
     truncated: list[bool]  # input longer than MAX_TOKENS word pieces
+    unseen: list[tuple[str, ...]]  # per text, the spans the model cannot see (`Encoder.unseen`)
 
 
 # The build leaves residual adds as Add + LayerNormalization because the fused kernel is the
@@ -83,27 +84,33 @@ class Encoder:
         depends on the text only, so a lookup sees exactly what a bulk insert stored; on one
         thread it is also no slower than batches of 64 (204 against 184 texts/s)."""
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
-        truncated = []
-        for i, e in enumerate(self._tokenizer.encode_batch(texts) if texts else []):
+        truncated, unseen = [], []
+        encodings = self._tokenizer.encode_batch(texts) if texts else []
+        for i, (text, e) in enumerate(zip(texts, encodings, strict=True)):
             ids = np.asarray([e.ids], dtype=np.int64)
             (out,) = self._session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
             vectors[i] = out[0]
             truncated.append(bool(e.overflowing))
-        return Encoded(vectors, truncated)
+            unseen.append(self._unseen_in(text, e))
+        return Encoded(vectors, truncated, unseen)
+
+    def _unseen_in(self, text: str, encoding: Encoding) -> tuple[str, ...]:
+        if self._unknown_id is None or self._unknown_id not in encoding.ids:
+            return ()
+        pieces = zip(encoding.ids, encoding.offsets, strict=True)
+        return tuple(text[start:end] for i, (start, end) in pieces if i == self._unknown_id)
 
     def unseen(self, texts: list[str]) -> list[tuple[str, ...]]:
         """Per text, the spans the model cannot see. A word the vocabulary has no pieces for
         (an emoji, most words of some scripts, a word over 100 characters) becomes the one
         [UNK] token, so texts that differ only there get the same vector."""
-        if self._unknown_id is None or not texts:
+        if self._unknown_id is None:
             return [()] * len(texts)
         out: list[tuple[str, ...]] = []
         for idx in batches(len(texts), 1024):  # all 117k QQP texts at once would hold ~0.4 GB
             chunk = [texts[i] for i in idx]
-            out += [
-                tuple(t[s:e] for i, (s, e) in zip(enc.ids, enc.offsets, strict=True) if i == self._unknown_id)
-                for t, enc in zip(chunk, self._tokenizer.encode_batch(chunk), strict=True)
-            ]
+            encodings = self._tokenizer.encode_batch(chunk)
+            out += [self._unseen_in(t, e) for t, e in zip(chunk, encodings, strict=True)]
         return out
 
     def encode(self, texts: str | list[str]) -> np.ndarray:

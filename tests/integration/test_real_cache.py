@@ -63,6 +63,22 @@ def test_text_the_model_cannot_see_never_stands_in_for_other_text(real_embedder)
     assert real_embedder.unseen(["ราคาเท่าไหร่ ok", "plain words"]) == [("ราคาเท่าไหร",), ()]
 
 
+def test_unseen_spans_come_with_the_encoding(real_embedder, monkeypatch):
+    texts = ["what does the 🦩 emoji mean", "plain words", "x" * 150 + " and 🍕"]
+    encoded = real_embedder.encoder.encode_detailed(texts)
+    assert encoded.unseen == real_embedder.encoder.unseen(texts)
+    assert encoded.unseen == [("🦩",), (), ("x" * 150, "🍕")]
+    # A text embedded moments ago (a lookup's query) is not tokenized a second time.
+    real_embedder.embed(texts[:1])
+
+    def tokenized(missing):
+        assert missing == ["never embedded 🐙"]
+        return [("🐙",)]
+
+    monkeypatch.setattr(real_embedder.encoder, "unseen", tokenized)
+    assert real_embedder.unseen([texts[0], "never embedded 🐙"]) == [("🦩",), ("🐙",)]
+
+
 def test_truncation_is_reported_for_what_the_encoder_reads(real_embedder):
     cache = SemanticCache("alice", embedder=real_embedder)
     # Under the character clip, over the encoder's 256 word pieces.
