@@ -183,7 +183,7 @@ class SemanticCache:
         with self._lock:
             self._counts[query_category]["lookups"] += 1
             keys, sims = self._index.search(vector, self.config.top_k)
-            found = dict(zip((int(k) for k in keys), (float(s) for s in sims), strict=True))
+            found = dict(zip(keys.tolist(), sims.tolist(), strict=True))
             if ctx is not None:
                 # Follow-ups asked in this conversation, even where entries with other contexts
                 # ("can you give me an example?" asked in many) fill the nearest k.
