@@ -18,7 +18,6 @@ from .categories import CategoryRules, RulesNow
 from .config import CacheConfig
 from .decision import Candidate, Reason, Thresholds, first_hit
 from .embedder import Embedder, shared_embedder
-from .encoder import batches
 from .errors import ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .eviction import STRATEGIES
 from .followups import FollowUpTable
@@ -142,18 +141,11 @@ class SemanticCache:
         }
         texts = [q.normalized for q in queries]
         texts += list(contexts.values())
-        allv = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
-        rawv: np.ndarray | None = None
-        truncated = [False] * len(texts)
-        for idx in batches(len(texts), batch_size):
-            out = self.embedder.embed([texts[i] for i in idx])
-            allv[idx] = out.vectors
-            if out.raw is not None:
-                if rawv is None:
-                    rawv = np.zeros((len(texts), out.raw.shape[1]), dtype=np.float32)
-                rawv[idx] = out.raw
-            for i, flag in zip(idx, out.truncated, strict=True):
-                truncated[i] = flag
+        outs = [self.embedder.embed(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        allv = np.concatenate([o.vectors for o in outs], dtype=np.float32)
+        raws = [o.raw for o in outs]
+        rawv = np.concatenate(raws, dtype=np.float32) if all(r is not None for r in raws) else None
+        truncated = [flag for o in outs for flag in o.truncated]
         n = len(queries)
         ctx = dict(zip(contexts, allv[n:], strict=True))
         ctx_truncated = dict(zip(contexts, truncated[n:], strict=True))
