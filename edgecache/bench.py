@@ -52,7 +52,7 @@ class _PrecomputedFill:
     def embed(self, texts: list[str]) -> Embedded:
         if not self.live and all(t in self.table for t in texts):
             raw = np.stack([self.table[t] for t in texts])
-            return Embedded(self.real.projection.apply(raw), [False] * len(texts))
+            return Embedded(self.real.projection.apply(raw), [False] * len(texts), raw)
         return self.real.embed(texts)
 
 
