@@ -141,11 +141,20 @@ class SemanticCache:
         }
         texts = [q.normalized for q in queries]
         texts += list(contexts.values())
-        outs = [self.embedder.embed(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-        allv = np.concatenate([o.vectors for o in outs], dtype=np.float32)
-        raws = [o.raw for o in outs]
-        rawv = np.concatenate(raws, dtype=np.float32) if all(r is not None for r in raws) else None
-        truncated = [flag for o in outs for flag in o.truncated]
+        # Filled by slices, batch by batch: a bulk insert holds its vectors once, not twice.
+        allv = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
+        rawv: np.ndarray | None = None
+        truncated: list[bool] = []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            out = self.embedder.embed(batch)
+            end = start + len(batch)
+            allv[start:end] = out.vectors
+            if out.raw is not None:
+                if rawv is None:
+                    rawv = np.zeros((len(texts), out.raw.shape[1]), dtype=np.float32)
+                rawv[start:end] = out.raw
+            truncated += out.truncated
         n = len(queries)
         ctx = dict(zip(contexts, allv[n:], strict=True))
         ctx_truncated = dict(zip(contexts, truncated[n:], strict=True))
