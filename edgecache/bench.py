@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,22 +72,12 @@ def _percentiles(ms: list[float]) -> dict:
     }
 
 
-def lookup_latency(cache: SemanticCache, queries: list[str]) -> dict:
-    ms = []
-    for q in queries:
-        t0 = time.perf_counter()
-        cache.lookup(q)
-        ms.append((time.perf_counter() - t0) * 1000)
-    return _percentiles(ms)
-
-
-def embed_latency(embedder: ProjectedEncoder, texts: list[str]) -> dict:
-    """The encoder and projection alone, on texts they have not seen: what a lookup costs
-    beyond this is the search, the decision and the caches the encoder run left cold."""
+def latency(call: Callable[[str], object], texts: list[str]) -> dict:
+    """Percentiles of `call` on each text in turn, in milliseconds."""
     ms = []
     for t in texts:
         t0 = time.perf_counter()
-        embedder.embed([t])
+        call(t)
         ms.append((time.perf_counter() - t0) * 1000)
     return _percentiles(ms)
 
@@ -189,10 +180,12 @@ def run_bench(
             for q in warmup_texts:
                 cache.lookup(q)
             row = {
-                "lookup": lookup_latency(cache, query_texts),
+                "lookup": latency(cache.lookup, query_texts),
                 # The same queries again: served from the embedder's LRU of recent texts.
-                "lookup_repeated_query": lookup_latency(cache, query_texts),
-                "embed_only": embed_latency(real, embed_sets[n]),
+                "lookup_repeated_query": latency(cache.lookup, query_texts),
+                # The encoder and projection alone, on texts they have not seen: a lookup's cost
+                # beyond this is search, decision and the caches the encoder run left cold.
+                "embed_only": latency(lambda t: real.embed([t]), embed_sets[n]),
                 "fill_seconds_precomputed_vectors": fill_s,
                 "snapshot_bytes_per_entry": len(saved) / n,
                 "index_serialized_bytes_per_entry": cache.stats().index_bytes / n,
