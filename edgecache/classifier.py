@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -213,9 +213,21 @@ def _unit_rows(vectors: object, dim: int, what: str) -> np.ndarray:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != dim:
         raise InvalidInputError(f"{what} must have shape (n, {dim}), got {tuple(np.shape(vectors))}")
-    if not np.isfinite(x).all():
+    flat = x.ravel()
+    # A finite sum of squares clears every value in one call; only an overflow or a bad value
+    # takes the elementwise check.
+    if not math.isfinite(float(flat @ flat)) and not np.isfinite(x).all():
         raise InvalidInputError(f"{what} contain NaN or infinite values")
     return x
+
+
+class _Matrices(NamedTuple):
+    prototypes_t: np.ndarray  # (d, C) unit prototypes
+    seeds_t: np.ndarray  # (d, n_seeds + 1): every seed, then a zero column
+    pad: np.ndarray  # (n_seeds + 1,): 0, and -inf for the zero column
+    gather: np.ndarray  # (C, m) columns of each category's seeds, the zero column past its count
+    mean_of_top: np.ndarray  # (C,) 1 / min(count, k)
+    some_below_k: bool
 
 
 class CategoryClassifier:
@@ -282,27 +294,33 @@ class CategoryClassifier:
         means = np.stack([s.mean(axis=0) for s in seeds])
         norms = np.linalg.norm(means, axis=1, keepdims=True)
         prototypes = (means / np.maximum(norms, 1e-12)).astype(np.float32)
-        all_seeds = np.ascontiguousarray(np.concatenate(seeds), dtype=np.float32)
+        all_seeds = np.concatenate(seeds)
         # For nearest/knn: column j*m + r of the gathered similarities is seed r of category j;
-        # categories with fewer than m seeds point at an extra column that holds -inf.
+        # categories with fewer than m seeds point at an extra column: a zero seed whose
+        # similarity the added -inf turns into a value no top-k prefers.
         counts = np.array([len(s) for s in seeds])
         m = int(counts.max())
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         gather = np.full((len(seeds), m), len(all_seeds))
         for j, (start, count) in enumerate(zip(starts, counts, strict=True)):
             gather[j, :count] = np.arange(start, start + count)
-        # (d, C) and (d, n_seeds), transposed once here so lookups are a plain x @ M.
-        self._state = (
-            np.ascontiguousarray(prototypes.T),
-            np.ascontiguousarray(all_seeds.T),
-            gather,
-            np.minimum(counts, self.k).astype(np.float32),
+        padded_seeds = np.concatenate([all_seeds, np.zeros((1, self.dim), np.float32)])
+        pad = np.zeros(len(padded_seeds), np.float32)
+        pad[-1] = -np.inf
+        # (d, C) and (d, n_seeds + 1), transposed once here so lookups are a plain x @ M.
+        self._state = _Matrices(
+            prototypes_t=np.ascontiguousarray(prototypes.T),
+            seeds_t=np.ascontiguousarray(padded_seeds.T),
+            pad=pad,
+            gather=gather,
+            mean_of_top=(1.0 / np.minimum(counts, self.k)).astype(np.float32),
+            some_below_k=bool((counts < self.k).any()),
         )
 
     @property
     def prototypes(self) -> np.ndarray:
         """(n_categories, dim) unit rows, in the order of `categories`."""
-        return self._state[0].T.copy()
+        return self._state.prototypes_t.T.copy()
 
     def seed_counts(self) -> dict[str, int]:
         return {c: len(s) for c, s in zip(self.categories, self._seeds, strict=True)}
@@ -351,16 +369,17 @@ class CategoryClassifier:
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         """(n, n_categories) cosine scores of query vectors (embedded by the same embedder)."""
         x = _unit_rows(vectors, self.dim, "query vectors")
-        prototypes_t, seeds_t, gather, k_per_category = self._state
+        state = self._state
         if self.method == "prototype":
-            return x @ prototypes_t
-        sims = x @ seeds_t  # (n, n_seeds): still one small product
-        padded = np.concatenate([sims, np.full((len(x), 1), -np.inf, np.float32)], axis=1)[:, gather]
+            return x @ state.prototypes_t
+        # Few numpy calls: a lookup classifies right after the encoder, when each costs 5-10 us.
+        sims = (x @ state.seeds_t + state.pad)[:, state.gather]  # (n, C, m)
         if self.method == "nearest":
-            return padded.max(axis=2)
-        top = -np.sort(-padded, axis=2)[:, :, : self.k]  # (n, C, k), best first
-        top = np.where(np.isfinite(top), top, 0.0)  # -inf padding where a category has < k seeds
-        return (top.sum(axis=2) / k_per_category).astype(np.float32)
+            return sims.max(axis=2)
+        top = np.sort(sims, axis=2)[:, :, -self.k :]  # ascending: the best k last
+        if state.some_below_k:
+            top = np.where(np.isfinite(top), top, np.float32(0.0))  # the -inf padding
+        return top.sum(axis=2) * state.mean_of_top
 
     def classify_vectors(self, vectors: np.ndarray) -> list[str]:
         """One category per row; `fallback` where the best score is below `min_score`."""

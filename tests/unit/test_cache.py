@@ -249,6 +249,26 @@ def test_index_similarities_match_its_search():
         index.similarities([99], query)
 
 
+def test_index_search_agrees_with_usearchs_own_search():
+    """The index calls usearch's compiled search directly; it must find what Index.search finds."""
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    index = VectorIndex(16, "i8")
+    assert [a.size for a in index.search(vectors[0], 4)] == [0, 0]
+    index.add(np.arange(1, 301, dtype=np.uint64), vectors)
+    for query, k in [(vectors[3], 4), (rng.standard_normal(16).astype(np.float32), 10), (vectors[7], 500)]:
+        keys, sims = index.search(query, k)
+        theirs = index._index.search(query, min(k, len(index)), threads=1)
+        assert keys.tolist() == np.asarray(theirs.keys).tolist()
+        assert sims == pytest.approx(1.0 - np.asarray(theirs.distances), abs=1e-6)
+    assert len(index.search(vectors[7], 500)[0]) == 300
+    with np.errstate(over="ignore"):  # its square overflows, yet every value is finite
+        assert len(index.search(np.full(16, 1e20, np.float32), 1)[0]) == 1
+    for bad in (np.full(16, np.inf, np.float32), np.ones(15, np.float32), np.ones((2, 16), np.float32)):
+        with pytest.raises(InvalidInputError):
+            index.search(bad, 1)
+
+
 def test_snapshot_round_trip_through_folder_store(tmp_path, make_cache, clock):
     store = LocalFolderStore(tmp_path)
     cache = make_cache(store=store)

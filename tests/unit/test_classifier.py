@@ -139,6 +139,10 @@ def test_bad_query_vectors(emb, clf):
         clf.classify_vectors(np.ones((2, emb.dim + 1), np.float32))
     with pytest.raises(InvalidInputError, match="NaN"):
         clf.scores(np.full((1, emb.dim), np.nan, np.float32))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        clf.scores(np.r_[np.ones(emb.dim - 1), np.inf].astype(np.float32))
+    with np.errstate(over="ignore"):  # finite values whose squares overflow are still finite input
+        assert clf.scores(np.full(emb.dim, 1e20, np.float32)).shape == (1, len(clf.categories))
     with pytest.raises(InvalidInputError):
         clf.classify_vectors(np.ones((2, 3, emb.dim)))
     with pytest.raises(InvalidInputError):
