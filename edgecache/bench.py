@@ -182,9 +182,10 @@ def alternate_lookups(
     """Our lookups on `texts`, timed in `blocks` that alternate with blocks of GPTCache's, and
     its report. Should GPTCache fail midway, ours go on alone and the report holds the error.
 
-    Each switch costs the first lookups of our next block ~1 ms (GPTCache's torch run leaves
-    the CPU caches cold); ten blocks of 100 keep that to ~1-3% of ours and still put both
-    sides under the same load, which drifts over seconds to minutes here."""
+    The first few lookups of each of our blocks run ~1 ms slower, on caches left cold (as
+    after an idle pause as long: measured, no slower than that); ten blocks of 100 keep that
+    to a few percent of ours and still put both sides under the same load, which drifts over
+    seconds to minutes here."""
     mine = np.array_split(np.arange(len(texts)), blocks)
     other = np.array_split(np.arange(theirs.queries), blocks)
     ms: list[float] = []
