@@ -27,8 +27,8 @@ from .metadata import checked_metadata
 from .policy import is_ttl
 from .results import ENTRY_FIELDS, CacheStats, Entry, InsertResult, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
-from .text import CleanText, as_text, clean_context, clean_query
-from .vectorindex import VectorIndex
+from .text import CleanText, clean_context, clean_query, clean_response
+from .vectorindex import VectorIndex, all_finite
 
 if TYPE_CHECKING:
     from .calibration import OnlineCalibrator
@@ -155,6 +155,9 @@ class SemanticCache:
                     rawv = np.zeros((len(texts), out.raw.shape[1]), dtype=np.float32)
                 rawv[start:end] = out.raw
             truncated += out.truncated
+        if not all_finite(allv):
+            # A NaN context vector would compare as neither above nor below any threshold.
+            raise InvalidInputError("the embedder returned NaN or infinite values")
         n = len(queries)
         ctx = dict(zip(contexts, allv[n:], strict=True))
         ctx_truncated = dict(zip(contexts, truncated[n:], strict=True))
@@ -367,7 +370,7 @@ class SemanticCache:
         for c in categories:
             if c is not None:
                 self.rules.check(c)
-        response_texts = [as_text(r, "response") for r in responses]
+        response_texts = [clean_response(r) for r in responses]
         cleaned = [clean_query(q) for q in queries]
         turns = [clean_context(c) for c in contexts]
         vectors, ctx_of, truncated, topics = self._embed(cleaned, turns, batch_size)

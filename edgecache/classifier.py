@@ -31,6 +31,7 @@ import numpy as np
 
 from .embedder import Embedder
 from .errors import ConfigError, InvalidInputError
+from .vectorindex import all_finite
 
 Method = Literal["prototype", "nearest", "knn"]
 METHODS: tuple[str, ...] = ("prototype", "nearest", "knn")
@@ -213,10 +214,7 @@ def _unit_rows(vectors: object, dim: int, what: str) -> np.ndarray:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != dim:
         raise InvalidInputError(f"{what} must have shape (n, {dim}), got {tuple(np.shape(vectors))}")
-    flat = x.ravel()
-    # A finite sum of squares clears every value in one call; only an overflow or a bad value
-    # takes the elementwise check.
-    if not math.isfinite(float(flat @ flat)) and not np.isfinite(x).all():
+    if not all_finite(x):
         raise InvalidInputError(f"{what} contain NaN or infinite values")
     return x
 

@@ -76,14 +76,15 @@ def decide(candidate: Candidate, thresholds: Thresholds, now: float) -> Decision
         return Decision(False, Reason.EXPIRED, candidate)
     if candidate.wrong_feedback > candidate.right_feedback:
         return Decision(False, Reason.DISPUTED, candidate)
-    if candidate.similarity < thresholds.for_query(candidate.query_has_context):
+    # Written as "not at or above" so a NaN similarity is a miss, never a hit.
+    if not candidate.similarity >= thresholds.for_query(candidate.query_has_context):
         return Decision(False, Reason.BELOW_THRESHOLD, candidate)
     if candidate.guard is not None:
         return Decision(False, Reason.GUARDED, candidate)
     if candidate.query_has_context != candidate.entry_has_context:
         return Decision(False, Reason.CONTEXT_SHAPE, candidate)
     if candidate.query_has_context and (
-        candidate.context_similarity is None or candidate.context_similarity < thresholds.context
+        candidate.context_similarity is None or not candidate.context_similarity >= thresholds.context
     ):
         return Decision(False, Reason.CONTEXT_MISMATCH, candidate)
     return Decision(True, Reason.HIT, candidate)

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from .errors import EdgecacheError, InvalidInputError
 from .load import BackendMonitor
+from .text import has_visible
 
 CACHED_HEADER = "X-Edgecache"
 _NOT_CACHEABLE_KEYS = ("tools", "functions", "tool_choice", "function_call")
@@ -204,7 +205,7 @@ def complete_answer(payload: Any) -> str | None:
     if len(payload["choices"]) != 1 or choice.get("finish_reason") != "stop" or message.get("tool_calls"):
         return None
     content = message.get("content")
-    return content if isinstance(content, str) and content.strip() else None
+    return content if isinstance(content, str) and has_visible(content) else None
 
 
 class StreamCollector:
@@ -247,4 +248,4 @@ class StreamCollector:
     def answer(self) -> str | None:
         text = "".join(self.parts)
         complete = self.done and not self.broken and self.finish == "stop"
-        return text if complete and text.strip() else None
+        return text if complete and has_visible(text) else None

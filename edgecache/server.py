@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .errors import EdgecacheError, EntryNotFoundError, InvalidInputError, SnapshotError
+from .httperrors import RequestError, decode_json_body
 from .load import BackendMonitor
 from .proxy import (
     CACHED_HEADER,
@@ -62,20 +63,13 @@ def _field(body: dict, name: str, kinds: tuple[type, ...], required: bool = True
 
 
 def json_body(raw: bytes) -> dict:
-    """A request body as a JSON object, or a 400 that says what is wrong with it."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+    """A request body as a JSON object, or the 4xx that says what is wrong with it (the
+    decoding the Ray deployments use, in this service's error kinds)."""
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", f"body is not JSON: {exc}") from None
-    except RecursionError:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "body must be a JSON object")
-    return body
+        return decode_json_body(raw, "", MAX_BODY_BYTES)
+    except RequestError as exc:
+        kind = "too_large" if exc.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE else "invalid_request"
+        raise HttpError(HTTPStatus(exc.status), kind, exc.message) from None
 
 
 def error_response(exc: Exception) -> tuple[HTTPStatus, str, str]:

@@ -46,10 +46,23 @@ def as_text(value: object, what: str) -> str:
     return value
 
 
+def has_visible(text: str) -> bool:
+    """Whether `text` holds anything but whitespace and invisible characters."""
+    return not all(ch.isspace() or unicodedata.category(ch) in _INVISIBLE for ch in text)
+
+
+def clean_response(value: object) -> str:
+    """A response to store, as given: text with something in it to serve."""
+    text = as_text(value, "response")
+    if not has_visible(text):
+        raise InvalidInputError("response is empty or holds only whitespace and invisible characters")
+    return text
+
+
 def clean_query(value: object, what: str = "query") -> CleanText:
     text = as_text(value, what)
     normalized = _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-    if all(unicodedata.category(ch) in _INVISIBLE for ch in normalized):
+    if not has_visible(normalized):
         raise InvalidInputError(f"{what} is empty or holds only whitespace and invisible characters")
     clipped = len(normalized) > MAX_ENCODED_CHARS
     if clipped:

@@ -13,6 +13,7 @@ from edgecache import (
     SnapshotError,
     cached,
 )
+from edgecache.embedder import Embedded
 from edgecache.registry import CacheRegistry
 from edgecache.results import Entry
 from edgecache.vectorindex import VectorIndex
@@ -247,6 +248,43 @@ def test_index_similarities_match_its_search():
     assert index.similarities([], query) == []
     with pytest.raises(KeyError):
         index.similarities([99], query)
+
+
+def test_nan_from_the_embedder_is_refused_and_loses_nothing(make_cache, embedder):
+    """A NaN context vector compares as neither above nor below a threshold; it must not
+    slip a follow-up past the context check, nor be stored."""
+
+    class NanFor:
+        dim, fingerprint = embedder.dim, embedder.fingerprint
+
+        def embed(self, texts):
+            out = embedder.embed(texts)
+            vectors = out.vectors.copy()
+            vectors[[i for i, t in enumerate(texts) if "poison" in t]] = np.nan
+            return Embedded(vectors, out.truncated, out.raw)
+
+    cache = make_cache()
+    cache.embedder = NanFor()
+    kept = cache.insert("what is its population", "68 million", context=["tell me about france"])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        cache.lookup("what is its population", context=["poison japan"])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        cache.insert("what is the capital", "x", context=["poison"])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        cache.insert_many(["fine question", "poison question"], ["a", "b"])
+    assert len(cache) == 1
+    assert cache.lookup("what is its population", context=["tell me about france"]).entry_id == kept
+
+
+@pytest.mark.parametrize("response", ["", "   ", "\u200b \n", None, 5])
+def test_an_empty_or_non_text_response_is_refused(make_cache, response):
+    cache = make_cache()
+    cache.insert("keep this", "kept")
+    with pytest.raises(InvalidInputError, match="response"):
+        cache.insert("another question", response)
+    with pytest.raises(InvalidInputError, match="response"):
+        cache.insert_many(["q1", "q2"], ["fine", response])
+    assert len(cache) == 1 and cache.lookup("keep this").response == "kept"
 
 
 def test_index_search_agrees_with_usearchs_own_search():

@@ -24,6 +24,9 @@ def cand(sim=0.9, ctx=None, q_ctx=False, e_ctx=False, expires=None, right=0, wro
         (cand(q_ctx=True, e_ctx=True, ctx=0.7), Reason.HIT),
         (cand(wrong=2, right=1), Reason.DISPUTED),
         (cand(wrong=1, right=1), Reason.HIT),
+        # NaN is neither below nor above a threshold: it must never pass as a hit.
+        (cand(sim=float("nan")), Reason.BELOW_THRESHOLD),
+        (cand(q_ctx=True, e_ctx=True, ctx=float("nan")), Reason.CONTEXT_MISMATCH),
     ],
 )
 def test_decide(candidate, reason):

@@ -79,7 +79,8 @@ def test_user_comes_from_header_and_users_are_isolated(server):
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        (b"{not json", "not JSON"),
+        (b"{not json", "not valid JSON"),
+        (b'{"query": ' + b"9" * 5000 + b"}", "not valid JSON"),  # over Python's int-digits limit
         (b"\xff\xfe{}", "UTF-8"),
         (b"[1, 2]", "JSON object"),
         (json.dumps({"query": 5}).encode(), "must be str"),
@@ -99,6 +100,7 @@ def test_bad_insert_loses_nothing(server):
         {"query": "q", "response": 7},
         {"query": "q", "response": "r", "ttl_seconds": -5},
         {"query": "q", "response": "r", "ttl_seconds": True},
+        {"query": "q", "response": "  \u200b "},
     ):
         assert call(server, "POST", "/v1/insert", body)[0] == 400
     assert call(server, "GET", "/v1/stats")[1]["entries"] == 1

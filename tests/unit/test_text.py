@@ -40,7 +40,10 @@ def test_context_shapes():
         clean_context(["fine", ""])
 
 
-@pytest.mark.parametrize("invisible", ["\u200b", "\x00", " \u200b\ufeff\x07 ", "\u2060"])
+@pytest.mark.parametrize(
+    "invisible",
+    ["\u200b", "\x00", " \u200b\ufeff\x07 ", "\u2060", "\u200b \u200b", "\x00 \x00", "\ufeff \u200b\t\u200b"],
+)
 def test_a_query_of_invisible_characters_is_empty(invisible):
     with pytest.raises(InvalidInputError, match="empty"):
         clean_query(invisible)
