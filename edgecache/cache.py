@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -98,6 +98,9 @@ class SemanticCache:
         self._pending_add: dict[int, np.ndarray] = {}
         self._pending_remove: set[int] = set()
         self._saving: set[int] = set()  # of _pending_add, what the save in flight writes
+        # Hits and feedback since the last save, by entry: counts add up, so a merge adds
+        # them to the other writer's copy of the entry instead of losing them.
+        self._pending_counts: dict[int, Counter[str]] = {}
         self._version: str | None = None  # of the stored snapshot this state derives from
         self.synced_at = time.monotonic()  # last read or write of the store
         self._counts: dict[str, Counter[str]] = {name: Counter() for name in self.config.policy.names}
@@ -206,9 +209,14 @@ class SemanticCache:
                 [c for c in candidates if c is not None], lambda c: pair_rule(c.entry_id), now
             )
             cand = verdict.candidate
-            threshold = rules.thresholds(query_category).for_query(ctx is not None)
             if ctx is None:
-                self.rules.count_lookup(query_category, threshold)
+                self.rules.count_lookup(
+                    query_category, rules.thresholds(query_category).for_query(ctx is not None)
+                )
+            # What the query was held to: against an entry of another category, the stricter pair.
+            threshold = (
+                pair_rule(cand.entry_id) if cand is not None else rules.thresholds(query_category)
+            ).for_query(ctx is not None)
             if not verdict.hit or cand is None:
                 return LookupResult(
                     False,
@@ -221,7 +229,6 @@ class SemanticCache:
                 )
             entry = self._entries[cand.entry_id]
             response = entry.response
-            served_at = pair_rule(entry.id).for_query(ctx is not None)
         if self.bodies is not None:
             # Outside the lock: a document store read may be a network round trip.
             response = self._read_body(entry.id)
@@ -237,8 +244,9 @@ class SemanticCache:
         with self._lock:
             entry.hits += 1
             entry.last_used_at = now
+            self._pending_counts.setdefault(entry.id, Counter())["hits"] += 1
             if ctx is None:
-                entry.last_similarity, entry.last_threshold = cand.similarity, served_at
+                entry.last_similarity, entry.last_threshold = cand.similarity, threshold
                 entry.last_category = query_category
             self._counts[query_category]["hits"] += 1
         return LookupResult(
@@ -282,7 +290,8 @@ class SemanticCache:
         guarded = self.config.guards and similarity >= pair_rule(entry_id).for_query(ctx is not None)
         context_similarity = None
         if ctx is not None and entry.context_vector is not None:
-            context_similarity = float(_context_vector(entry) @ ctx)
+            # Clipped: the stored float16 vector's rounding can put a cosine a hair past 1.
+            context_similarity = min(1.0, max(-1.0, float(_context_vector(entry) @ ctx)))
         return Candidate(
             entry_id=entry_id,
             similarity=similarity,
@@ -356,14 +365,19 @@ class SemanticCache:
         categories: list[str | None] | None,
     ) -> tuple[list[int], list[bool]]:
         """New entry ids and, for each, whether its text was truncated."""
+        lists = {"queries": queries, "responses": responses, "contexts": contexts}
+        lists |= {"metadata": metadata, "categories": categories}
+        for name, value in lists.items():
+            if value is not None and not isinstance(value, list | tuple):
+                raise InvalidInputError(f"{name} must be a list, got {type(value).__name__}")
         n = len(queries)
-        if n == 0:
-            return [], []
         contexts = contexts if contexts is not None else [None] * n
         metadata = metadata if metadata is not None else [None] * n
         categories = categories if categories is not None else [None] * n
         if not len(responses) == len(contexts) == len(metadata) == len(categories) == n:
             raise InvalidInputError("queries, responses, contexts, metadata and categories differ in length")
+        if n == 0:
+            return [], []
         if ttl_seconds is not None and not is_ttl(ttl_seconds):
             raise InvalidInputError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
         metadata = [checked_metadata(m) for m in metadata]
@@ -452,6 +466,7 @@ class SemanticCache:
         entry = self._entries.pop(entry_id)
         self._index.remove(entry_id)
         self._followups.remove(entry_id)
+        self._pending_counts.pop(entry_id, None)
         # An entry added since the last save is in no stored snapshot, unless the save in
         # flight wrote it: then a merge with that snapshot must not bring it back.
         if self._pending_add.pop(entry_id, None) is None or entry_id in self._saving:
@@ -511,17 +526,17 @@ class SemanticCache:
             raise InvalidInputError("correct must be true or false")
         with self._lock:
             entry = self._get(entry_id)
-            if correct:
-                entry.right_feedback += 1
-            else:
-                entry.wrong_feedback += 1
-            self._counts[entry.category]["right_feedback" if correct else "wrong_feedback"] += 1
+            verdict = "right_feedback" if correct else "wrong_feedback"
+            setattr(entry, verdict, getattr(entry, verdict) + 1)
+            self._counts[entry.category][verdict] += 1
+            self._pending_counts.setdefault(entry.id, Counter())[verdict] += 1
             served = dataclasses.replace(entry)
             # One verdict per served hit: a second call about the same hit changes the
             # entry's counts but is not new evidence about the threshold.
             entry.last_similarity = None
+            now = dataclasses.replace(entry)
         self.rules.observe(served, correct)
-        return entry
+        return now
 
     def get(self, entry_id: int) -> Entry:
         """A copy of the entry, with its response read from the document store if kept there."""
@@ -611,9 +626,9 @@ class SemanticCache:
         With a versioned store (S3, DynamoDB, the local stores) the write is conditional on
         the version this cache last read or wrote. When another writer (another Lambda
         container, another worker) saved in between, its snapshot is read and merged: its
-        inserts and deletes are kept, ours are applied on top, and the write is retried.
-        Inserts and deletes are never lost; hit counts and feedback counts made since the
-        last save on entries the other writer also saved may be.
+        inserts and deletes are kept, ours are applied on top (our hits and feedback are
+        added to its counts), and the write is retried. Inserts, deletes, hits and feedback
+        are never lost.
         """
         with self._sync_lock:
             self._save()
@@ -621,15 +636,15 @@ class SemanticCache:
     def _save(self) -> None:
         try:
             if not isinstance(self.store, VersionedStore):
-                data, added, removed, _ = self._encode_pending()
+                data, pending, _ = self._encode_pending()
                 self.store.put(self.key, data)
-                self._synced(added, removed, None)
+                self._synced(pending, None)
                 return
             # Each lost write merges the other writer's snapshot and backs off before retrying.
             for attempt in range(WRITE_ATTEMPTS):
                 if attempt:
                     backoff(attempt - 1)
-                data, added, removed, expected = self._encode_pending()
+                data, pending, expected = self._encode_pending()
                 try:
                     version = self.store.put_if(self.key, data, expected)
                 except ConflictError:
@@ -640,26 +655,34 @@ class SemanticCache:
                     else:
                         self._merge(*current)
                     continue
-                self._synced(added, removed, version)
+                self._synced(pending, version)
                 return
             raise ConflictError(f"could not save {self.key}: {WRITE_ATTEMPTS} concurrent writes in a row")
         finally:
             with self._lock:
                 self._saving = set()
 
-    def _encode_pending(self) -> tuple[bytes, set[int], set[int], str | None]:
-        """A snapshot of now, the unsaved inserts and deletes it holds, and the stored version
-        it derives from."""
+    def _encode_pending(self) -> tuple[bytes, _Pending, str | None]:
+        """A snapshot of now, the unsaved changes it holds, and the stored version it derives from."""
         with self._lock:
             self._saving = set(self._pending_add)
-            return self._encode(), set(self._saving), set(self._pending_remove), self._version
+            pending = _Pending(
+                set(self._saving),
+                set(self._pending_remove),
+                {k: Counter(v) for k, v in self._pending_counts.items()},
+            )
+            return self._encode(), pending, self._version
 
-    def _synced(self, added: set[int], removed: set[int], version: str | None) -> None:
+    def _synced(self, written: _Pending, version: str | None) -> None:
         """Forget the changes that the snapshot just written contains."""
         with self._lock:
-            for entry_id in added:
+            for entry_id in written.added:
                 self._pending_add.pop(entry_id, None)
-            self._pending_remove -= removed
+            self._pending_remove -= written.removed
+            for entry_id, counts in written.counts.items():
+                left = self._pending_counts.pop(entry_id, Counter()) - counts
+                if left:  # hits or feedback that came in while the snapshot was written
+                    self._pending_counts[entry_id] = left
             self._version = version
             self.synced_at = time.monotonic()
 
@@ -683,12 +706,24 @@ class SemanticCache:
             self._install(entries, index)
 
     def _merge(self, data: bytes, version: str) -> None:
-        """Adopt another writer's snapshot with this cache's unsaved inserts and deletes on top."""
+        """Adopt another writer's snapshot with this cache's unsaved inserts, deletes, hits and
+        feedback on top."""
         entries, index = self._decode(data)
         with self._lock:
             for entry_id in self._pending_remove & entries.keys():
                 del entries[entry_id]
                 index.remove(entry_id)
+            for entry_id, counts in self._pending_counts.items():
+                theirs, ours = entries.get(entry_id), self._entries.get(entry_id)
+                if theirs is None or ours is None or entry_id in self._pending_add:
+                    continue  # gone there, or new here (our own copy is kept whole below)
+                for name, n in counts.items():
+                    setattr(theirs, name, getattr(theirs, name) + n)
+                if ours.last_used_at > theirs.last_used_at:
+                    theirs.last_used_at = ours.last_used_at
+                    # What the next feedback is about: the hit this cache served.
+                    theirs.last_similarity, theirs.last_threshold = ours.last_similarity, ours.last_threshold
+                    theirs.last_category = ours.last_category
             for entry_id, vector in self._pending_add.items():
                 if entry_id in self._entries and entry_id not in entries:
                     entries[entry_id] = self._entries[entry_id]
@@ -745,3 +780,11 @@ class SemanticCache:
 def _context_vector(entry: Entry) -> np.ndarray:
     assert entry.context_vector is not None
     return np.frombuffer(entry.context_vector, dtype=np.float16).astype(np.float32)
+
+
+class _Pending(NamedTuple):
+    """The unsaved changes a snapshot being written holds."""
+
+    added: set[int]
+    removed: set[int]
+    counts: dict[int, Counter[str]]

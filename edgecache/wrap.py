@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -33,25 +34,33 @@ def cached(
 ):
     """Decorate `fn(prompt, *args, context=None, **kwargs) -> str`.
 
-    The prompt (first positional argument) and the optional `context` keyword (the
-    previous user turns) form the cache key; other arguments are passed through and
-    are not part of the key, so use one cache per model/system prompt.
+    The prompt (the first argument) and the optional `context` argument (the previous user
+    turns, passed by keyword or in its place) form the cache key; other arguments are passed
+    through and are not part of the key, so use one cache per model/system prompt.
     `monitor`: timings and failures (429s) of the calls made on misses feed it, so the
     cache can relax within its policy's bounds while the backend is overloaded (pass the
     same monitor as the cache's `load`). `category`: skip the classifier.
     """
 
     def decorate(fn: Callable[..., str]) -> Callable[..., str]:
+        signature = inspect.signature(fn)
+        first = next(iter(signature.parameters), None)
+        takes_context = "context" in signature.parameters
+
         @functools.wraps(fn)
-        def wrapper(prompt: str, *args, context: list[str] | None = None, **kwargs) -> str:
+        def wrapper(*args, **kwargs) -> str:
+            # A call fn would refuse is refused here too, before any lookup.
+            bound = signature.bind(*args, **kwargs)
+            prompt = args[0] if args else kwargs.get(first) if first is not None else None
+            # Read where fn itself would find it: `ask(q, ctx)` is a follow-up as much as
+            # `ask(q, context=ctx)`.
+            context = bound.arguments.get("context") if takes_context else kwargs.get("context")
             found = cache.lookup(prompt, context=context, category=category)
             if found.hit and found.response is not None:
                 return found.response
-            if context is not None:
-                kwargs["context"] = context
             started = time.monotonic()
             try:
-                answer = fn(prompt, *args, **kwargs)
+                answer = fn(*args, **kwargs)
             except Exception as exc:
                 if monitor is not None:
                     monitor.record(time.monotonic() - started, _status_of(exc))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from edgecache import (
+    CacheConfig,
     EntryNotFoundError,
     InvalidInputError,
     LocalFolderStore,
@@ -287,6 +288,60 @@ def test_an_empty_or_non_text_response_is_refused(make_cache, response):
     assert len(cache) == 1 and cache.lookup("keep this").response == "kept"
 
 
+def test_the_threshold_reported_is_the_one_the_query_was_held_to(embedder):
+    config = CacheConfig.from_dict({"policy": {"categories": {"code": {"threshold": 0.95}}}})
+    cache = SemanticCache("u", config=config, embedder=embedder)
+    cache.insert("how do i sort a list in python quickly", "sorted(xs)", category="code")
+    got = cache.lookup("how do i sort a list in python", category="other")
+    assert not got.hit and got.reason == Reason.BELOW_THRESHOLD
+    assert got.similarity < got.threshold == 0.95  # the stricter pair, not other's 0.8
+
+
+def test_context_similarity_stays_a_cosine(make_cache, embedder):
+    """Context vectors are stored as float16; rounding up can put a cosine past 1."""
+    rng = np.random.default_rng(0)
+    while True:  # a unit vector whose float16 copy has a dot product above 1 with it
+        u = rng.standard_normal(embedder.dim).astype(np.float32)
+        u /= np.linalg.norm(u)
+        if float(u.astype(np.float16).astype(np.float32) @ u) > 1.0:
+            break
+
+    class SameContext:
+        dim, fingerprint = embedder.dim, embedder.fingerprint
+
+        def embed(self, texts):
+            out = embedder.embed(texts)
+            vectors = out.vectors.copy()
+            vectors[[i for i, t in enumerate(texts) if t.startswith("context")]] = u
+            return Embedded(vectors, out.truncated, out.raw)
+
+    cache = make_cache()
+    cache.embedder = SameContext()
+    cache.insert("and what about its size", "r", context=["context one"])
+    got = cache.lookup("and what about its size", context=["context one"])
+    assert got.hit and got.context_similarity == 1.0
+
+
+def test_feedback_returns_a_copy(make_cache):
+    cache = make_cache()
+    eid = cache.insert("what is the capital of france", "Paris")
+    returned = cache.feedback(eid, False)
+    assert returned.wrong_feedback == 1
+    returned.wrong_feedback, returned.response = 0, "Berlin"
+    assert cache.lookup("what is the capital of france").reason == Reason.DISPUTED
+    assert cache.get(eid).response == "Paris"
+
+
+@pytest.mark.parametrize(
+    ("queries", "responses"), [("ab", ["x", "y"]), (["a", "b"], "xy"), ([], ["x"]), (("a",), [])]
+)
+def test_insert_many_wants_lists_of_one_length(make_cache, queries, responses):
+    cache = make_cache()
+    with pytest.raises(InvalidInputError, match=r"list|length"):
+        cache.insert_many(queries, responses)
+    assert len(cache) == 0
+
+
 def test_index_search_agrees_with_usearchs_own_search():
     """The index calls usearch's compiled search directly; it must find what Index.search finds."""
     rng = np.random.default_rng(5)
@@ -408,6 +463,26 @@ def test_cached_decorator_calls_llm_once(make_cache):
     assert ask("What is edgecache?") == "answer to what is edgecache"
     ask("and the price", context=["edgecache pricing"])
     ask("and the price", context=["something unrelated entirely"])
+    assert len(calls) == 3
+
+
+def test_cached_decorator_reads_a_context_passed_in_its_place(make_cache):
+    """`ask(q, ctx)` is the same follow-up as `ask(q, context=ctx)`: its context keys the cache."""
+    cache = make_cache()
+    calls = []
+
+    @cached(cache)
+    def ask(prompt, context=None):
+        calls.append(context)
+        return f"answer under {context}"
+
+    assert ask("what is its population", ["tell me about france"]) == "answer under ['tell me about france']"
+    assert ask("what is its population", ["tell me about japan"]) == "answer under ['tell me about japan']"
+    assert ask("what is its population") == "answer under None"  # standalone: not the follow-ups' answer
+    assert ask(prompt="what is its population", context=["tell me about france"]).endswith("france']")
+    assert len(calls) == 3
+    with pytest.raises(TypeError):
+        ask("q", ["c"], "one too many")
     assert len(calls) == 3
 
 

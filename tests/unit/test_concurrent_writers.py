@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from edgecache import LocalFolderStore, MemoryStore, SemanticCache
+from edgecache.decision import Reason
 from edgecache.errors import ConflictError
 from tests.helpers import run_in_threads
 
@@ -94,6 +95,31 @@ def test_refresh_takes_in_other_writers_inserts(embedder, clock, config):
     assert b.refresh() and not b.refresh()
     assert b.lookup("what is the capital of peru").response == "Lima"
     assert b.lookup("who painted the mona lisa").entry_id == mine
+
+
+def test_hits_and_feedback_survive_another_writers_save(embedder, clock, config):
+    """Counts add up: a merge adds this cache's unsaved hits and feedback to the other
+    writer's copy of the entry, so a dispute is not undone by someone else's save."""
+    store = MemoryStore()
+    a = writer(store, embedder, clock, config)
+    wrong = a.insert("what is the capital of australia", "Sydney")
+    a.save()
+    b = writer(store, embedder, clock, config)
+    assert b.lookup("what is the capital of australia").hit
+    b.feedback(wrong, False)
+    assert b.lookup("what is the capital of australia").reason == Reason.DISPUTED
+    a.lookup("what is the capital of australia")  # a's own hit on the same entry
+    a.insert("who painted the mona lisa", "Leonardo")
+    a.save()
+    assert b.refresh()
+    assert b.lookup("what is the capital of australia").reason == Reason.DISPUTED
+    b.save()  # nothing lost, nothing counted twice
+    a.save()  # conflicts with b's save: merges b's snapshot, adds a's unsaved hit
+    for cache in (a, b, writer(store, embedder, clock, config)):
+        cache.refresh()
+        entry = cache.get(wrong)
+        assert (entry.wrong_feedback, entry.right_feedback, entry.hits) == (1, 0, 2)
+        assert cache.lookup("what is the capital of australia").reason == Reason.DISPUTED
 
 
 def test_registry_refreshes_caches_older_than_its_interval(embedder, clock, config):
