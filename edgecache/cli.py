@@ -98,6 +98,9 @@ def cmd_fit_projection(args: argparse.Namespace) -> int:
     from .projection_fit import fit_learned
 
     data = qqp_vectors()
+    width = data.matrix("train").shape[1]
+    if max(args.dims) > width:  # before any is fitted: a bad one last must not leave the others half done
+        raise SystemExit(f"edgecache: --dims must be at most the encoder's {width}, got {max(args.dims)}")
     assets = Path(__file__).parent / "assets"
     for dim in args.dims:
         if args.kind == "pca":
@@ -232,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-temperature",
-        type=float,
+        type=_number(float, 0.0, "a temperature >= 0"),
         default=0.7,
         help="chat requests asking for a higher temperature bypass the cache (default 0.7)",
     )
@@ -256,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_model_build)
     fit = msub.add_parser("fit-projection", help="fit a projection on the QQP training split")
     fit.add_argument("--kind", choices=("pca", "learned"), default="learned")
-    fit.add_argument("--dims", type=int, nargs="+", default=[64])
-    fit.add_argument("--epochs", type=int, default=20)
+    fit.add_argument("--dims", type=_number(int, 1, "a positive integer"), nargs="+", default=[64])
+    fit.add_argument("--epochs", type=_number(int, 1, "a positive integer"), default=20)
     fit.set_defaults(func=cmd_fit_projection)
 
     ev = sub.add_parser("eval", help="QQP pairwise + retrieval and contextual evaluation")

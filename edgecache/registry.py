@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from . import snapshot
-from .cache import SemanticCache
+from .cache import COUNTERS, SemanticCache
 from .calibration import OnlineCalibrator
 from .config import CacheConfig
 from .embedder import Embedder
@@ -62,6 +62,9 @@ class CacheRegistry:
         self._leaving: dict[str, tuple[SemanticCache, int]] = {}
         self._load_locks = [threading.Lock() for _ in range(64)]
         self._lock = threading.Lock()
+        # Counters of caches this process no longer holds, per category: with the loaded
+        # caches' own they make process totals that never go down when a user is evicted.
+        self._retired: dict[str, Counter[str]] = {}
 
     @contextmanager
     def use(self, user: str, mutate: bool = False) -> Iterator[SemanticCache]:
@@ -171,6 +174,8 @@ class CacheRegistry:
                         self._leaving[user] = (cache, saving)
                     else:
                         del self._leaving[user]
+                        if self._caches.get(user) is not cache:  # gone for good, not taken back
+                            self._retire(cache)
 
     def _save(self, user: str, cache: SemanticCache) -> None:
         with self._lock:
@@ -229,6 +234,22 @@ class CacheRegistry:
                 log.warning("calibration statistics unusable (%s); kept as %s.bad", exc, CALIBRATION_KEY)
                 self.store.put(f"{CALIBRATION_KEY}.bad", data)
         return OnlineCalibrator(**policy.calibration_settings())
+
+    def _retire(self, cache: SemanticCache) -> None:
+        for category, counts in cache.stats().categories.items():
+            self._retired.setdefault(category, Counter()).update({c: counts[c] for c in COUNTERS})
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per category, the counters (`cache.COUNTERS`) of every cache this process has
+        held since it started, loaded or not: they only ever go up."""
+        with self._lock:
+            # A cache taken back while its eviction still saves is in both: count it once.
+            caches = {id(c): c for c in [*self._caches.values(), *(c for c, _ in self._leaving.values())]}
+            out = {k: Counter(v) for k, v in self._retired.items()}
+        for cache in caches.values():
+            for category, counts in cache.stats().categories.items():
+                out.setdefault(category, Counter()).update({c: counts[c] for c in COUNTERS})
+        return {k: {c: v[c] for c in COUNTERS} for k, v in out.items()}
 
     def loaded(self) -> list[SemanticCache]:
         with self._lock:

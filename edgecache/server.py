@@ -227,18 +227,24 @@ class Service:
         return {"load": round(load.level(), 4)}
 
     def metrics_text(self) -> str:
-        """Prometheus text exposition of the loaded caches' counters, in total and per category."""
+        """Prometheus text exposition: counters since the process started (evicted users'
+        included, so they never go down) and gauges of the loaded caches, in total and per
+        category."""
         caches = self.registry.loaded()
-        totals = {"lookups": 0, "hits": 0, "inserts": 0, "entries": 0, "index_bytes": 0}
-        per_category: dict[str, dict[str, int]] = {}
+        per_category: dict[str, dict[str, int]] = {
+            category: {**counts, "entries": 0, "bytes": 0}
+            for category, counts in self.registry.counters().items()
+        }
+        counted = ("lookups", "hits", "inserts")
+        totals = {name: sum(c[name] for c in per_category.values()) for name in counted}
+        totals |= {"entries": 0, "index_bytes": 0}
         for cache in caches:
             stats = cache.stats()
-            for name in totals:
-                totals[name] += getattr(stats, name)
-            for category, counts in stats.categories.items():
-                mine = per_category.setdefault(category, dict.fromkeys(counts, 0))
-                for name, value in counts.items():
-                    mine[name] += value
+            totals["entries"] += stats.entries
+            totals["index_bytes"] += stats.index_bytes
+            for category, counts in stats.categories.items():  # counters() covers every loaded one
+                per_category[category]["entries"] += counts["entries"]
+                per_category[category]["bytes"] += counts["bytes"]
         lines = [
             "# TYPE edgecache_loaded_users gauge",
             f"edgecache_loaded_users {len(caches)}",

@@ -64,6 +64,11 @@ def test_policy_from_a_toml_file(tmp_path):
         ["bench", "--queries", "0"],
         ["eval", "--settings", "bogus"],
         ["eval", "--settings", "learned-64:i4"],
+        ["serve", "--max-temperature", "nan"],
+        ["serve", "--max-temperature", "-1"],
+        ["model", "fit-projection", "--epochs", "-3"],
+        ["model", "fit-projection", "--epochs", "0"],
+        ["model", "fit-projection", "--dims", "64", "-7"],
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(argv, capsys):

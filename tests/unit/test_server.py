@@ -135,6 +135,25 @@ def test_routes_health_metrics(server):
     assert call(server, "GET", "/v1/lookup")[0] == 405
 
 
+def test_metrics_counters_never_go_down_when_users_are_evicted(tmp_path, embedder, config):
+    registry = CacheRegistry(LocalFolderStore(tmp_path), config, embedder, max_loaded=1)
+    srv = CacheServer(registry, "127.0.0.1", 0, flush_seconds=60)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for user in ("alice", "bob", "carol", "alice"):
+            call(srv, "POST", "/v1/insert", {"query": f"question of {user}", "response": "r"}, user=user)
+            assert call(srv, "POST", "/v1/lookup", {"query": f"question of {user}"}, user=user)[1]["hit"]
+        text = call(srv, "GET", "/metrics", user=None)[1]
+        assert "edgecache_loaded_users 1" in text
+        assert "edgecache_inserts_total 4" in text and "edgecache_hits_total 4" in text
+        assert "edgecache_lookups_total 4" in text
+        assert "edgecache_entries 2" in text  # a gauge: alice's cache, the one loaded
+    finally:
+        srv.shutdown()
+        thread.join(timeout=5)
+
+
 def test_writes_are_flushed_to_the_store(server, tmp_path, embedder, config):
     import time
 
