@@ -534,9 +534,9 @@ class SemanticCache:
             # One verdict per served hit: a second call about the same hit changes the
             # entry's counts but is not new evidence about the threshold.
             entry.last_similarity = None
-            now = dataclasses.replace(entry)
+            updated = dataclasses.replace(entry)  # a copy: changing it must not change the cache
         self.rules.observe(served, correct)
-        return now
+        return updated
 
     def get(self, entry_id: int) -> Entry:
         """A copy of the entry, with its response read from the document store if kept there."""
