@@ -10,6 +10,7 @@ from pathlib import Path
 from .decision import Thresholds
 from .errors import ConfigError, EdgecacheError
 from .policy import Policy, is_number, is_ttl, refuse_unknown_keys
+from .projection import check_shipped
 
 DTYPES = ("f32", "f16", "i8")
 
@@ -52,6 +53,7 @@ class CacheConfig:
                 raise ConfigError(f"{name} must be a number in [-1, 1], got {value!r}")
         if self.ttl_seconds is not None and not is_ttl(self.ttl_seconds):
             raise ConfigError(f"ttl_seconds must be a positive number or None, got {self.ttl_seconds!r}")
+        check_shipped(self.projection)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         # Bounds where usearch and onnxruntime still work (a huge connectivity cannot allocate).

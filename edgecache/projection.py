@@ -86,18 +86,30 @@ def fit_pca(vectors: np.ndarray, dim: int) -> Projection:
     )
 
 
+def shipped_names() -> list[str]:
+    """The projections a config may name: "none" and those in edgecache/assets."""
+    files = [Path(p.name) for p in resources.files(ASSETS).iterdir()]
+    fitted = [
+        f.stem.removeprefix("projection-")
+        for f in files
+        if f.suffix == ".npz" and f.stem.startswith("projection-")
+    ]
+    return ["none", *sorted(fitted)]
+
+
+def check_shipped(name: object) -> None:
+    """A clear ConfigError unless `name` is one of `shipped_names()`."""
+    names = shipped_names()
+    if name not in names:
+        raise ConfigError(f"unknown projection {name!r}; shipped: {', '.join(names)}")
+
+
 def shipped(name: str) -> Projection:
     """A projection shipped in edgecache/assets (see `edgecache model fit-projection`)."""
+    check_shipped(name)
     if name == "none":
         return identity()
     path = resources.files(ASSETS) / f"projection-{name}.npz"
-    if not path.is_file():
-        available = sorted(
-            p.name.removeprefix("projection-").removesuffix(".npz")
-            for p in resources.files(ASSETS).iterdir()
-            if p.name.startswith("projection-")
-        )
-        raise ConfigError(f"unknown projection {name!r}; shipped: none, {', '.join(available)}")
     return Projection.from_bytes(path.read_bytes())
 
 

@@ -26,6 +26,8 @@ def test_defaults_are_valid_and_round_trip():
         {"max_entries": True},
         {"threshold": True},
         {"ttl_seconds": True},
+        {"projection": "bogus"},
+        {"projection": 5},
     ],
 )
 def test_invalid_values_raise_config_error(bad):
