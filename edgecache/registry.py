@@ -236,8 +236,7 @@ class CacheRegistry:
         return OnlineCalibrator(**policy.calibration_settings())
 
     def _retire(self, cache: SemanticCache) -> None:
-        for category, counts in cache.stats().categories.items():
-            self._retired.setdefault(category, Counter()).update({c: counts[c] for c in COUNTERS})
+        _add_counters(self._retired, cache)
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Per category, the counters (`cache.COUNTERS`) of every cache this process has
@@ -247,10 +246,15 @@ class CacheRegistry:
             caches = {id(c): c for c in [*self._caches.values(), *(c for c, _ in self._leaving.values())]}
             out = {k: Counter(v) for k, v in self._retired.items()}
         for cache in caches.values():
-            for category, counts in cache.stats().categories.items():
-                out.setdefault(category, Counter()).update({c: counts[c] for c in COUNTERS})
+            _add_counters(out, cache)
         return {k: {c: v[c] for c in COUNTERS} for k, v in out.items()}
 
     def loaded(self) -> list[SemanticCache]:
         with self._lock:
             return list(self._caches.values())
+
+
+def _add_counters(totals: dict[str, Counter[str]], cache: SemanticCache) -> None:
+    """Add the cache's per-category counters (not its gauges) to `totals`."""
+    for category, counts in cache.stats().categories.items():
+        totals.setdefault(category, Counter()).update({c: counts[c] for c in COUNTERS})
