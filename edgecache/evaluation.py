@@ -7,7 +7,7 @@ Thresholds are chosen on the validation split and only then applied to test.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -219,19 +219,30 @@ def same_topic(first_a: str, first_b: str) -> bool:
     return len(words_a & words_b) / min(len(words_a), len(words_b)) > 0.5
 
 
-def contextual(conversations: Sequence[Conversation], embedder: Embedder, config: CacheConfig) -> dict:
+def contextual(
+    conversations: Sequence[Conversation],
+    embedder: Embedder,
+    config: CacheConfig,
+    carries_over: Mapping[tuple[str, frozenset[str]], bool] | None = None,
+) -> dict:
     """Follow-ups must hit only under a matching first turn (MeanCache's contextual test).
 
     Cache: every first turn (standalone) and, per distinct follow-up text, the first
     conversation that asks it (under its first turn).
+    Whether a follow-up's answer under one first turn also answers it under another is
+    `carries_over[(follow-up, {first turns})]` where judged (`evaldata.load_shared_followups`),
+    else `same_topic` of the two first turns.
     Positives: a cached conversation's paraphrased follow-up under its paraphrased first
-    turn must return that follow-up (or the same follow-up cached under a rephrasing of
-    its first turn); the paraphrased first turn alone must return a first turn on its topic.
+    turn must return that follow-up (or the same follow-up cached under a first turn its
+    answer carries over to); the paraphrased first turn alone must return a first turn on
+    its topic; a follow-up asked under another conversation's first turn its cached answer
+    carries over to must return it (`shared_follow_up`; d1 asks one follow-up under several
+    wordings of a first turn).
     Negatives, each must miss:
-    - other_first_turn: the same follow-up words under a first turn on another topic
-      ("what is its population?" after Japan, cached after France; see `same_topic`);
-    - other_follow_up: another conversation's follow-up asked under a cached first turn
-      (the topic matches, the question does not);
+    - other_first_turn: the same follow-up words under a first turn its answer does not
+      carry over to ("what is its population?" after Japan, cached after France);
+    - other_follow_up: another conversation's follow-up asked under a cached first turn its
+      answer does not carry over to (the topic matches, the question does not);
     - standalone: a follow-up asked with no context.
     `precision`/`f1` count every kind; `meancache_*` count only other_first_turn and
     standalone, the negatives of MeanCache's own protocol.
@@ -250,39 +261,68 @@ def contextual(conversations: Sequence[Conversation], embedder: Embedder, config
     first_of = {entry_id: u0 for u0, entry_id in first_ids.items()}
     owner_of = {entry_id: c for c, entry_id in cached.values()}
 
-    def right_follow_up(c: Conversation) -> Callable[[int], bool]:
-        return lambda eid: eid in owner_of and owner_of[eid].u1 == c.u1 and same_topic(owner_of[eid].u0, c.u0)
+    def answers_it(follow_up: str, cached_under: str, asked_under: str) -> bool:
+        if cached_under == asked_under:
+            return True
+        judged = (carries_over or {}).get((follow_up, frozenset((cached_under, asked_under))))
+        return same_topic(cached_under, asked_under) if judged is None else judged
+
+    def answered_by(follow_up: str, asked_under: str) -> Callable[[int], bool]:
+        """The entries that answer `follow_up` asked after `asked_under`: the follow-up cached
+        under a first turn its answer carries over to."""
+
+        def right(eid: int) -> bool:
+            owner = owner_of.get(eid)
+            if owner is None or owner.u1 != follow_up:
+                return False
+            return answers_it(follow_up, owner.u0, asked_under)
+
+        return right
 
     def right_first(c: Conversation) -> Callable[[int], bool]:
         return lambda eid: eid in first_of and same_topic(first_of[eid], c.u0)
 
+    shared = {"asked": 0, "right_hits": 0}
+
+    def ask_follow_up(follow_up: str, asked_under: str, kind: str) -> None:
+        """A follow-up asked after another conversation's first turn: a positive when the
+        cache holds an answer that carries over (d1 repeats follow-ups under rephrased first
+        turns), else a negative of `kind`."""
+        nonlocal tp, fp, fn
+        got = cache.lookup(follow_up, context=[asked_under])
+        owner = cached[follow_up][0]
+        if answers_it(follow_up, owner.u0, asked_under):
+            right = answered_by(follow_up, asked_under)
+            shared["asked"] += 1
+            shared["right_hits"] += got.hit and right(got.entry_id)
+            tp, fp, fn = _count(got, right, tp, fp, fn)
+        else:
+            negatives[kind] += 1
+            false_hits[kind] += got.hit
+
     for c, _ in cached.values():
         if c.u0_paraphrase and c.u1_paraphrase:
-            tp, fp, fn = _count(
-                cache.lookup(c.u1_paraphrase, context=[c.u0_paraphrase]), right_follow_up(c), tp, fp, fn
-            )
+            got = cache.lookup(c.u1_paraphrase, context=[c.u0_paraphrase])
+            tp, fp, fn = _count(got, answered_by(c.u1, c.u0), tp, fp, fn)
             tp, fp, fn = _count(cache.lookup(c.u0_paraphrase), right_first(c), tp, fp, fn)
     follow_ups = list(cached.values())
     for i, (c, _) in enumerate(follow_ups):
         other = follow_ups[(i + len(follow_ups) // 2) % len(follow_ups)][0]
-        asks = {"standalone": cache.lookup(c.u1)}
+        negatives["standalone"] += 1
+        false_hits["standalone"] += cache.lookup(c.u1).hit
         if other.u0 != c.u0:
-            asks["other_follow_up"] = cache.lookup(other.u1, context=[c.u0])
-        for kind, got in asks.items():
-            negatives[kind] += 1
-            false_hits[kind] += got.hit
+            ask_follow_up(other.u1, c.u0, "other_follow_up")
     for c in conversations:
-        owner = cached[c.u1][0]
-        if not same_topic(c.u0, owner.u0):
-            negatives["other_first_turn"] += 1
-            false_hits["other_first_turn"] += cache.lookup(c.u1, context=[c.u0]).hit
+        if c.u0 != cached[c.u1][0].u0:
+            ask_follow_up(c.u1, c.u0, "other_first_turn")
     n_neg = sum(negatives.values())
     out = {
         "negatives": negatives,
         "false_hits": false_hits,
         "false_hit_rate": {k: false_hits[k] / max(negatives[k], 1) for k in NEGATIVE_KINDS},
+        "shared_follow_up": shared,
     }
-    if tp + fn:  # only sets with paraphrased follow-ups have positives to score
+    if tp + fn:  # sets with neither paraphrases nor shared follow-ups have no positives
         out.update(
             scores(
                 config.followup_threshold, tp, fp + sum(false_hits.values()), fn, tp + fn + n_neg

@@ -1,10 +1,22 @@
+import itertools
+import json
+
 import numpy as np
 import pytest
 
 from edgecache import CacheConfig
-from edgecache.evaldata import FollowUpPair, Pair, _component_split, load_followup_pairs
+from edgecache.evaldata import (
+    Conversation,
+    FollowUpPair,
+    Pair,
+    _component_split,
+    load_contextual,
+    load_followup_pairs,
+    load_shared_followups,
+)
 from edgecache.evaluation import (
     balanced_rows,
+    contextual,
     emulate_storage,
     followup_pairs,
     pairwise,
@@ -204,3 +216,67 @@ def test_precision_interval_is_exact_clopper_pearson():
     low, high = precision_interval(45, 0)
     assert low == pytest.approx(0.025 ** (1 / 45), abs=1e-6) and high == 1.0
     assert precision_interval(0, 0) == (0.0, 1.0)
+
+
+SIGNED = "when was it signed"
+ATP = "what is atp"
+CARTA, VERSAILLES = "tell me about the magna carta", "tell me about the treaty of versailles"
+MITO_ROLE, MITO_PARTS = "explain mitochondria in cells", "describe mitochondria structure"
+SHARED = [
+    Conversation(CARTA, SIGNED, None, None),
+    Conversation(VERSAILLES, SIGNED, None, None),
+    Conversation(MITO_ROLE, ATP, None, None),
+    Conversation(MITO_PARTS, ATP, None, None),
+]
+
+
+def test_a_follow_up_under_another_first_turn_counts_by_whether_its_answer_carries_over(embedder):
+    # A context threshold no pair misses, so every follow-up asked finds its cached one.
+    config = CacheConfig(threshold=0.9, followup_threshold=0.8, context_threshold=-1.0)
+    judged = {
+        (SIGNED, frozenset((CARTA, VERSAILLES))): False,
+        (ATP, frozenset((MITO_ROLE, MITO_PARTS))): True,
+    }
+    got = contextual(SHARED, embedder, config, judged)
+    # The Versailles ask got the Magna Carta's date: wrong. The ATP answer serves both.
+    assert got["negatives"]["other_first_turn"] == 1 and got["false_hits"]["other_first_turn"] == 1
+    assert got["shared_follow_up"] == {"asked": 1, "right_hits": 1}
+    assert (got["tp"], got["fn"]) == (1, 0)
+    # Unjudged, the topic-word check decides: these two mitochondria turns share too few words.
+    unjudged = contextual(SHARED, embedder, config)
+    assert unjudged["negatives"]["other_first_turn"] == 2 and unjudged["false_hits"]["other_first_turn"] == 2
+    assert unjudged["shared_follow_up"] == {"asked": 0, "right_hits": 0} and "f1" not in unjudged
+
+
+def test_shared_followup_judgements_name_rows_that_share_a_follow_up(tmp_path):
+    sets = {"d1": SHARED}
+    path = tmp_path / "judged.jsonl"
+    path.write_text(
+        json.dumps({"set": "d1", "rows": [0, 1], "carries_over": False, "why": "other dates"})
+        + "\n"
+        + json.dumps({"set": "d1", "rows": [3, 2], "carries_over": True, "why": "one definition"})
+        + "\n"
+    )
+    assert load_shared_followups(path, sets) == {
+        (SIGNED, frozenset((CARTA, VERSAILLES))): False,
+        (ATP, frozenset((MITO_ROLE, MITO_PARTS))): True,
+    }
+    for bad in ({"set": "d1", "rows": [0, 2]}, {"set": "d1", "rows": [0, 9]}, {"set": "d2", "rows": [0, 1]}):
+        path.write_text(json.dumps({**bad, "carries_over": True, "why": "x"}) + "\n")
+        with pytest.raises(ValueError, match=r"judged\.jsonl:1"):
+            load_shared_followups(path, sets)
+    with pytest.raises(FileNotFoundError, match="benchmarks/data"):
+        load_shared_followups(tmp_path / "missing.jsonl", sets)
+
+
+def test_every_follow_up_the_data_asks_under_two_first_turns_is_judged():
+    sets = load_contextual()
+    judged = load_shared_followups(sets=sets)
+    for convs in sets.values():
+        firsts: dict[str, set[str]] = {}
+        for c in convs:
+            firsts.setdefault(c.u1, set()).add(c.u0)
+        for follow_up, turns in firsts.items():
+            for a, b in itertools.combinations(sorted(turns), 2):
+                assert (follow_up, frozenset((a, b))) in judged, (follow_up, a, b)
+    assert {v for v in judged.values()} == {True, False}
