@@ -39,6 +39,16 @@ def context_text(turns: list[str], keep: int) -> str:
     return "\n".join(turns[-keep:])
 
 
+# What an entry keeps of its context's text for the guards: about what the encoder reads of it
+# (256 tokens), not the up to 2 x 32k characters a chain may hold.
+CONTEXT_GUARD_CHARS = 2048
+
+
+def guarded_context(turns: list[CleanText], keep: int) -> str | None:
+    """The start of a context chain's text, as entries store it and lookups compare it."""
+    return context_text([t.normalized for t in turns], keep)[:CONTEXT_GUARD_CHARS] if turns else None
+
+
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
 # Texts per encoder call when inserting; each text still gets its own graph run (Encoder).
 INSERT_BATCH = 64
@@ -181,8 +191,8 @@ class SemanticCache:
 
         `category` overrides the classifier when the caller knows it.
         """
-        cleaned = clean_query(query)
-        vectors, contexts, flags, topics = self._embed([cleaned], [clean_context(context)])
+        cleaned, turns = clean_query(query), clean_context(context)
+        vectors, contexts, flags, topics = self._embed([cleaned], [turns])
         vector, ctx, truncated = vectors[0], contexts.get(0), flags[0]
         query_category = self.rules.categorize(topics, [category])[0]
         now = self._clock()
@@ -199,11 +209,14 @@ class SemanticCache:
                 ]
                 found.update(zip(more, self._index.similarities(more, vector), strict=True))
 
+            asked_context = guarded_context(turns, self.config.context_turns)
+
             def pair_rule(entry_id: int) -> Thresholds:
                 return rules.pair(query_category, self._entries[entry_id].category)
 
             candidates = [
-                self._candidate(k, s, ctx, cleaned.normalized, rules, pair_rule) for k, s in found.items()
+                self._candidate(k, s, ctx, cleaned.normalized, asked_context, rules, pair_rule)
+                for k, s in found.items()
             ]
             verdict = first_hit(
                 [c for c in candidates if c is not None], lambda c: pair_rule(c.entry_id), now
@@ -279,6 +292,7 @@ class SemanticCache:
         similarity: float,
         ctx: np.ndarray | None,
         query: str,
+        asked_context: str | None,
         rules: RulesNow,
         pair_rule: Callable[[int], Thresholds],
     ) -> Candidate | None:
@@ -301,10 +315,17 @@ class SemanticCache:
             expires_at=rules.expires_at(entry),
             wrong_feedback=entry.wrong_feedback,
             right_feedback=entry.right_feedback,
-            guard=veto(query, entry.query, *self._unseen(query, clean_query(entry.query).normalized))
-            if guarded
-            else None,
+            guard=self._guard(query, entry, asked_context) if guarded else None,
         )
+
+    def _guard(self, query: str, entry: Entry, asked_context: str | None) -> str | None:
+        """Why the guards veto this entry for the query: its text, or its context chain's (a
+        follow-up cached after "World War I" must not answer one asked after "World War II")."""
+        why = veto(query, entry.query, *self._unseen(query, clean_query(entry.query).normalized))
+        if why is None and asked_context is not None and entry.context is not None:
+            why = veto(asked_context, entry.context, *self._unseen(asked_context, entry.context))
+            return None if why is None else f"context {why}"
+        return why
 
     def _unseen(self, *texts: str) -> list[tuple[str, ...]]:
         """What the embedder's model cannot see of each text (none if it cannot say)."""
@@ -406,6 +427,7 @@ class SemanticCache:
                 ctx = ctx_of.get(i)
                 ttl = ttls[i]
                 context_vector = ctx.astype(np.float16).tobytes() if ctx is not None else None
+                context = guarded_context(turns[i], self.config.context_turns)
                 entry = Entry(
                     id=entry_id,
                     query=cleaned[i].original,
@@ -420,7 +442,9 @@ class SemanticCache:
                     size=len(cleaned[i].original.encode("utf-8", "surrogatepass"))
                     + len(response_texts[i].encode("utf-8", "surrogatepass"))
                     + self._vector_bytes
-                    + len(context_vector or b""),
+                    + len(context_vector or b"")
+                    + len((context or "").encode("utf-8", "surrogatepass")),
+                    context=context,
                 )
                 self._add(entry)
                 self._pending_add[entry_id] = vectors[i].copy()

@@ -137,12 +137,41 @@ def _numbers(tokens: list[str], lower: list[str], scaled: bool) -> tuple[str, ..
             value = Decimal(tok.replace(",", ""))
         elif low in _NUMBER_WORDS:
             value = Decimal(_NUMBER_WORDS[low])
+        elif _is_roman(tokens, i):
+            value = Decimal(_roman_value(tok))
         else:
             continue
         if scaled and i + 1 < len(lower):
             value *= _MAGNITUDES.get(lower[i + 1], 1)
         out.append(format(value.normalize(), "f"))
     return tuple(out)
+
+
+# Words that, capitalised, start a sentence before the pronoun "I" ("Can I", "Then I").
+_OPEN_A_SENTENCE = frozenset(
+    "can could should would will shall may might must do does did am was were have had "
+    "what when where why how who which whom whose if then so but and or also now here there "
+    "yes no as because since after before while once maybe perhaps".split()
+)
+# Roman numerals up to 39 written with I, V and X: "World War II", "Henry VIII", "Rocky IV".
+# Letters such as C, D, L and M would read "CD", "DC" or "MM" as numbers.
+_ROMAN = re.compile(r"X{0,3}(?:IX|IV|VI{0,3}|I{0,3})")
+_ROMAN_VALUES = {"I": 1, "V": 5, "X": 10}
+
+
+def _is_roman(tokens: list[str], i: int) -> bool:
+    """A numeral of two letters or more ("II", "XIV"), or "I" after a name inside a sentence
+    ("World War I", "Elizabeth I"), where it is not the pronoun ("Can I", "... Then I")."""
+    tok = tokens[i]
+    if len(tok) > 1:
+        return _ROMAN.fullmatch(tok) is not None
+    before = tokens[i - 1] if i > 1 else ""
+    return tok == "I" and before[:1].isupper() and before.lower() not in _OPEN_A_SENTENCE
+
+
+def _roman_value(tok: str) -> int:
+    values = [_ROMAN_VALUES[c] for c in tok]
+    return sum(-v if v < nxt else v for v, nxt in zip(values, [*values[1:], 0], strict=True))
 
 
 def _negations(lower: list[str]) -> int:

@@ -31,6 +31,9 @@ class Entry:
     last_similarity: float | None = None
     last_threshold: float | None = None
     last_category: str | None = None
+    # The start of the context chain's text (`cache.context_text`): the guards compare it with a
+    # lookup's, since "World War I" and "World War II" embed at cosine 0.85.
+    context: str | None = None
 
     def to_row(self) -> list[Any]:
         """Values in `ENTRY_FIELDS` order: snapshots store the names once, not per entry."""
@@ -71,6 +74,7 @@ class Entry:
             "last_similarity": optional,
             "last_threshold": optional,
             "last_category": (str, type(None)),
+            "context": (str, type(None)),
         }
         for name, allowed in kinds.items():
             value = getattr(self, name)

@@ -20,6 +20,8 @@ from edgecache.guards import veto
         ("How to learn Java quickly?", "How to learn Python quickly?", "entities"),
         ("What is the capital of Austria?", "What is the capital of Australia?", "entities"),
         ("Flights from Chicago to Boston", "Flights from Boston to Chicago", "order"),
+        ("When did World War II end?", "When did World War I end?", "numbers"),
+        ("Tell me about Henry VIII", "Tell me about Henry VII", "numbers"),
     ],
 )
 def test_minimal_pairs_are_vetoed(query, cached, reason):
@@ -160,3 +162,28 @@ def test_the_cache_asks_its_embedder_what_it_cannot_see(make_cache, embedder, mo
     rocket = cache.lookup("what does the 🚀 emoji mean")
     assert rocket.similarity == pytest.approx(1.0) and not rocket.hit and rocket.reason == Reason.GUARDED
     assert cache.lookup("What does the 🍕 emoji mean?").entry_id == pizza
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("When did World War II end?", "When did World War 2 end?"),  # one number, two spellings
+        ("Can I go to Paris in May?", "Can I go to Paris in may"),  # the pronoun is not a numeral
+        ("Where can I buy a CD player?", "Where can I buy a cd player?"),
+    ],
+)
+def test_roman_numerals_read_as_numbers_only_where_they_are(query, cached):
+    assert veto(query, cached) is None
+
+
+def test_a_follow_up_cached_under_a_minimal_pair_of_contexts_is_vetoed(make_cache):
+    # The hashing test embedder puts these two contexts at cosine ~0.9, as MiniLM puts them at 0.85.
+    cache = make_cache(context_threshold=0.5)
+    eid = cache.insert("when did it end", "1918", context=["tell me about World War I"])
+    got = cache.lookup("when did it end", context=["tell me about World War II"])
+    assert not got.hit and got.reason == Reason.GUARDED
+    assert cache.lookup("when did it end", context=["tell me about World War I"]).entry_id == eid
+    assert cache.get(eid).context == "tell me about World War I"
+    unguarded = make_cache(context_threshold=0.5, guards=False)
+    unguarded.insert("when did it end", "1918", context=["tell me about World War I"])
+    assert unguarded.lookup("when did it end", context=["tell me about World War II"]).hit
