@@ -101,6 +101,23 @@ def test_snapshot_rows_of_the_wrong_width_are_refused(make_cache):
     assert cache.lookup("how do I cook rice").hit
 
 
+def test_snapshots_written_before_entries_kept_their_context_text_still_load(make_cache):
+    from edgecache import snapshot
+
+    cache = make_cache(context_threshold=0.5)
+    eid = cache.insert("when did it end", "1918", context=["tell me about World War I"])
+    payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
+    at = payload["entry_fields"].index("context")
+    payload["entry_fields"].pop(at)
+    payload["entries"] = [row[:at] + row[at + 1 :] for row in payload["entries"]]
+    payload.pop("version")
+    old = make_cache(context_threshold=0.5)
+    old.restore(snapshot.encode(payload))
+    assert old.get(eid).context is None
+    # Without the text only the vectors decide, as they did when it was written.
+    assert old.lookup("when did it end", context=["tell me about World War II"]).entry_id == eid
+
+
 def test_format_1_snapshots_still_load(make_cache):
     """Format 1 stored each entry as a map; caches saved before format 2 must open."""
     import hashlib
