@@ -79,14 +79,16 @@ def decide(candidate: Candidate, thresholds: Thresholds, now: float) -> Decision
     # Written as "not at or above" so a NaN similarity is a miss, never a hit.
     if not candidate.similarity >= thresholds.for_query(candidate.query_has_context):
         return Decision(False, Reason.BELOW_THRESHOLD, candidate)
-    if candidate.guard is not None:
-        return Decision(False, Reason.GUARDED, candidate)
     if candidate.query_has_context != candidate.entry_has_context:
         return Decision(False, Reason.CONTEXT_SHAPE, candidate)
     if candidate.query_has_context and (
         candidate.context_similarity is None or not candidate.context_similarity >= thresholds.context
     ):
         return Decision(False, Reason.CONTEXT_MISMATCH, candidate)
+    # Last: a guard objects to texts that pass every other check ("France" / "Japan" contexts
+    # are a context mismatch first, whatever the guards would say of the two turns).
+    if candidate.guard is not None:
+        return Decision(False, Reason.GUARDED, candidate)
     return Decision(True, Reason.HIT, candidate)
 
 

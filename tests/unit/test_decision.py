@@ -35,6 +35,16 @@ def test_decide(candidate, reason):
     assert verdict.hit == (reason == Reason.HIT)
 
 
+def test_a_guard_is_the_last_word_after_the_context_checks():
+    from dataclasses import replace
+
+    vetoed = replace(cand(q_ctx=True, e_ctx=True, ctx=0.9), guard="context entities")
+    assert decide(vetoed, T, now=100.0).reason == Reason.GUARDED
+    # A context that does not match is reported as such, whatever the guards say of it.
+    assert decide(replace(vetoed, context_similarity=0.3), T, now=100.0).reason == Reason.CONTEXT_MISMATCH
+    assert decide(replace(vetoed, entry_has_context=False), T, now=100.0).reason == Reason.CONTEXT_SHAPE
+
+
 def test_first_hit_skips_unusable_nearest():
     expired = cand(sim=0.99, expires=50.0, entry_id=1)
     good = cand(sim=0.85, entry_id=2)
