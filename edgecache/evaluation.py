@@ -283,12 +283,16 @@ def contextual(
         return lambda eid: eid in first_of and same_topic(first_of[eid], c.u0)
 
     shared = {"asked": 0, "right_hits": 0}
+    asked: set[tuple[str, str]] = set()
 
     def ask_follow_up(follow_up: str, asked_under: str, kind: str) -> None:
         """A follow-up asked after another conversation's first turn: a positive when the
         cache holds an answer that carries over (d1 repeats follow-ups under rephrased first
-        turns), else a negative of `kind`."""
+        turns), else a negative of `kind`. Each question counts once: the data repeats rows."""
         nonlocal tp, fp, fn
+        if (follow_up, asked_under) in asked:
+            return
+        asked.add((follow_up, asked_under))
         got = cache.lookup(follow_up, context=[asked_under])
         owner = cached[follow_up][0]
         if answers_it(follow_up, owner.u0, asked_under):

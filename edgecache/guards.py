@@ -91,6 +91,11 @@ class Signals:
     tokens: tuple[str, ...] = ()  # every token, lower case, in order
     # Per pair of opposites (index into _OPPOSITES): 1 = left side present, 2 = right, 3 = both.
     polar: tuple[tuple[int, int], ...] = ()
+    # The same readings with a lone "I" after a name read as 1 ("World War I"): used only
+    # against a text that writes a Roman numeral of two letters or more, since elsewhere the
+    # "I" is far likelier the pronoun ("In Excel I want ...").
+    numbers_lone_i: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    roman: bool = False  # holds a Roman numeral of two letters or more ("II", "XIV")
 
 
 @lru_cache(maxsize=8192)
@@ -98,10 +103,12 @@ def signals(text: str) -> Signals:
     text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text.replace("\u2019", "'"))
     text = _NUMBER_ABBREVIATION.sub("number ", text)
     tokens, lower = _tokens(text)
+    opens = _opens_sentence(text)
+    # A capital that opens a sentence, or a turn of a conversation, says nothing of a name.
     names = {
         low
         for i, (tok, low) in enumerate(zip(tokens, lower, strict=True))
-        if i > 0 and tok[0].isupper() and low not in _COMMON_CAPITALISED
+        if not opens[i] and tok[0].isupper() and low not in _COMMON_CAPITALISED
     }
     polar: dict[int, int] = {}
     for t in lower:
@@ -109,13 +116,24 @@ def signals(text: str) -> Signals:
             polar[pair] = polar.get(pair, 0) | side
     return Signals(
         negated=(_negations(lower) % 2 == 1, _negations(_tokens(_BRACKETED.sub(" ", text))[1]) % 2 == 1),
-        numbers=(_numbers(tokens, lower, scaled=True), _numbers(tokens, lower, scaled=False)),
+        numbers=(_numbers(tokens, lower, True, False), _numbers(tokens, lower, False, False)),
+        numbers_lone_i=(_numbers(tokens, lower, True, True), _numbers(tokens, lower, False, True)),
+        roman=any(len(t) > 1 and _ROMAN.fullmatch(t) for t in tokens),
         words=frozenset(lower),
         names=frozenset(names),
         order=tuple(t for t in lower if t not in _COMMON_CAPITALISED),
         tokens=tuple(lower),
         polar=tuple(polar.items()),
     )
+
+
+def _opens_sentence(text: str) -> list[bool]:
+    """Per token of `_tokens`: does it open the text, a sentence or a line (a turn)?"""
+    out, end = [], 0
+    for m in _TOKEN.finditer(text):
+        out.append(end == 0 or _SENTENCE_BREAK.search(text, end, m.start()) is not None)
+        end = m.end()
+    return out
 
 
 def _tokens(text: str) -> tuple[list[str], list[str]]:
@@ -125,7 +143,7 @@ def _tokens(text: str) -> tuple[list[str], list[str]]:
     return tokens, [_ALIASES.get(t.lower(), t.lower()) for t in tokens]
 
 
-def _numbers(tokens: list[str], lower: list[str], scaled: bool) -> tuple[str, ...]:
+def _numbers(tokens: list[str], lower: list[str], scaled: bool, lone_i: bool) -> tuple[str, ...]:
     """The numbers in order, as plain decimals (number words as digits), "60k" as 60000 when
     `scaled`."""
     out = []
@@ -137,7 +155,7 @@ def _numbers(tokens: list[str], lower: list[str], scaled: bool) -> tuple[str, ..
             value = Decimal(tok.replace(",", ""))
         elif low in _NUMBER_WORDS:
             value = Decimal(_NUMBER_WORDS[low])
-        elif _is_roman(tokens, i):
+        elif _is_roman(tokens, i, lone_i):
             value = Decimal(_roman_value(tok))
         else:
             continue
@@ -151,22 +169,25 @@ def _numbers(tokens: list[str], lower: list[str], scaled: bool) -> tuple[str, ..
 _OPEN_A_SENTENCE = frozenset(
     "can could should would will shall may might must do does did am was were have had "
     "what when where why how who which whom whose if then so but and or also now here there "
-    "yes no as because since after before while once maybe perhaps".split()
+    "yes no as because since after before while once maybe perhaps today yesterday tomorrow "
+    "hi hello hey ok okay sorry please actually well thanks this that".split()
 )
+_SENTENCE_BREAK = re.compile(r"[.!?\n]")
 # Roman numerals up to 39 written with I, V and X: "World War II", "Henry VIII", "Rocky IV".
 # Letters such as C, D, L and M would read "CD", "DC" or "MM" as numbers.
 _ROMAN = re.compile(r"X{0,3}(?:IX|IV|VI{0,3}|I{0,3})")
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10}
 
 
-def _is_roman(tokens: list[str], i: int) -> bool:
-    """A numeral of two letters or more ("II", "XIV"), or "I" after a name inside a sentence
-    ("World War I", "Elizabeth I"), where it is not the pronoun ("Can I", "... Then I")."""
+def _is_roman(tokens: list[str], i: int, lone_i: bool) -> bool:
+    """A numeral of two letters or more ("II", "XIV"); with `lone_i`, also "I" after a
+    capitalised word that does not open a question before the pronoun ("World War I",
+    "Type I", but not "Can I", "Today I")."""
     tok = tokens[i]
     if len(tok) > 1:
         return _ROMAN.fullmatch(tok) is not None
-    before = tokens[i - 1] if i > 1 else ""
-    return tok == "I" and before[:1].isupper() and before.lower() not in _OPEN_A_SENTENCE
+    before = tokens[i - 1] if i >= 1 else ""
+    return lone_i and tok == "I" and before[:1].isupper() and before.lower() not in _OPEN_A_SENTENCE
 
 
 def _roman_value(tok: str) -> int:
@@ -321,8 +342,10 @@ def veto(
     # A number changed, not merely added or moved: "the first 20 numbers" and "the first 20
     # numbers (1 to 20)" ask the same, and so do "the 2016 or 2015 model" and "the 2015 model or
     # the 2016 model"; "in 5 minutes" and "in 10 minutes" do not.
-    if all(map(_number_changed, a.numbers, b.numbers)):
-        written = frozenset(w for w in a.words | b.words if w[0].isdigit())
+    a_numbers = a.numbers_lone_i if b.roman else a.numbers
+    b_numbers = b.numbers_lone_i if a.roman else b.numbers
+    if all(map(_number_changed, a_numbers, b_numbers)):
+        written = frozenset(w for w in a.words | b.words if w[0].isdigit() or _ROMAN.fullmatch(w.upper()))
         if _overlap(a, b, written | _NUMBER_WORDS.keys() | _MAGNITUDES.keys()) >= MINIMAL_PAIR_OVERLAP:
             return "numbers"
     if (

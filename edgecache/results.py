@@ -41,10 +41,11 @@ class Entry:
 
     @classmethod
     def from_row(cls, names: list[str], row: list[Any]) -> Entry:
-        """An entry from a snapshot row; fields the writer did not have take their defaults."""
+        """An entry from a snapshot row; fields the writer did not have take their defaults,
+        and fields of a later version are dropped (a rolled-back reader still loads)."""
         if len(names) != len(row):
             raise ValueError(f"row has {len(row)} values for {len(names)} fields")
-        return cls(**dict(zip(names, row, strict=True)))
+        return cls(**{k: v for k, v in zip(names, row, strict=True) if k in _FIELD_NAMES})
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Entry:
@@ -84,6 +85,7 @@ class Entry:
 
 
 ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
+_FIELD_NAMES = frozenset(ENTRY_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,20 @@ def test_snapshots_written_before_entries_kept_their_context_text_still_load(mak
     assert old.lookup("when did it end", context=["tell me about World War II"]).entry_id == eid
 
 
+def test_snapshots_from_a_later_version_load_without_its_new_fields(make_cache):
+    from edgecache import snapshot
+
+    cache = make_cache()
+    eid = cache.insert("how do I cook rice", "boil it")
+    payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
+    payload["entry_fields"].append("added_later")
+    payload["entries"] = [[*row, "x"] for row in payload["entries"]]
+    payload.pop("version")
+    rolled_back = make_cache()
+    rolled_back.restore(snapshot.encode(payload))
+    assert rolled_back.lookup("how do I cook rice").entry_id == eid
+
+
 def test_format_1_snapshots_still_load(make_cache):
     """Format 1 stored each entry as a map; caches saved before format 2 must open."""
     import hashlib
