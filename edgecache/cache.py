@@ -21,7 +21,7 @@ from .embedder import Embedder, shared_embedder
 from .errors import ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .eviction import STRATEGIES
 from .followups import FollowUpTable
-from .guards import veto
+from .guards import asks_another_kind, veto
 from .load import LoadSignal
 from .metadata import checked_metadata
 from .policy import is_ttl
@@ -323,6 +323,8 @@ class SemanticCache:
         follow-up cached after "World War I" must not answer one asked after "World War II")."""
         why = veto(query, entry.query, *self._unseen(query, clean_query(entry.query).normalized))
         if why is None and asked_context is not None and entry.context is not None:
+            if asks_another_kind(query, entry.query):
+                return "answer kind"
             why = veto(asked_context, entry.context, *self._unseen(asked_context, entry.context))
             return None if why is None else f"context {why}"
         return why

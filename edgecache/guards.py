@@ -337,6 +337,49 @@ def _substituted(only_a: frozenset[str], only_b: frozenset[str], a: Signals, b: 
     return any(not _typo(x, y) and _slot(x, a.tokens) & _slot(y, b.tokens) for x in only_a for y in only_b)
 
 
+# What a question asks for, read from its opening words ("In which year ..."). Inside one
+# conversation two follow-ups on the same thing that ask for different kinds of answer ("Where
+# was she born?" / "When did she die?") are different questions, however close their vectors.
+_ANSWER_KINDS = (
+    ("time", ("when", "what year", "which year", "what decade", "which decade", "what century",
+              "which century", "what date", "which date", "what month", "which month", "what day",
+              "which day", "how long ago")),
+    ("person", ("who", "whom", "whose")),
+    ("place", ("where", "what country", "which country", "what city", "which city", "what place",
+               "which place")),
+    ("reason", ("why",)),
+    ("amount", ("how many", "how much")),
+)  # fmt: skip
+_LEADING = frozenset("in on at by during from since until to and so but then".split())
+
+
+def answer_kind(text: str) -> str | None:
+    """The kind of answer a question opens by asking for, or None: no such opening, or two
+    kinds at once ("When and where was it built?")."""
+    lower = _TOKEN.findall(text.lower())
+    i = 0
+    while i < min(len(lower), 2) and lower[i] in _LEADING:
+        i += 1
+    found = {kind for j in (i, i + 2) for kind in [_kind_at(lower, j)] if kind}
+    return found.pop() if len(found) == 1 else None
+
+
+def _kind_at(lower: list[str], i: int) -> str | None:
+    spans = {" ".join(lower[i : i + n]) for n in (1, 2, 3)}
+    for kind, phrases in _ANSWER_KINDS:
+        if not spans.isdisjoint(phrases):
+            return kind
+    return None
+
+
+def asks_another_kind(query: str, cached: str) -> bool:
+    """Do the two questions open by asking for different kinds of answer (a time and a place)?
+    The cache applies this to follow-ups only: QQP labels some such standalone pairs duplicates
+    ("Who discovered plate tectonics and how?" / "When and how was plate tectonics discovered?")."""
+    a, b = answer_kind(query), answer_kind(cached)
+    return a is not None and b is not None and a != b
+
+
 def veto(
     query: str, cached: str, query_unseen: Sequence[str] = (), cached_unseen: Sequence[str] = ()
 ) -> str | None:

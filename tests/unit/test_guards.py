@@ -3,7 +3,7 @@ import re
 import pytest
 
 from edgecache import CacheConfig, Reason
-from edgecache.guards import veto
+from edgecache.guards import answer_kind, asks_another_kind, veto
 
 
 @pytest.mark.parametrize(
@@ -209,3 +209,33 @@ def test_a_follow_up_cached_under_a_minimal_pair_of_contexts_is_vetoed(make_cach
     unguarded = make_cache(context_threshold=0.5, guards=False)
     unguarded.insert("when did it end", "1918", context=["tell me about World War I"])
     assert unguarded.lookup("when did it end", context=["tell me about World War II"]).hit
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Where was she born?", "place"),
+        ("When did she die?", "time"),
+        ("In which year was it built?", "time"),
+        ("How long ago did this event occur?", "time"),
+        ("So who won?", "person"),
+        ("How many people live there?", "amount"),
+        ("Why is it famous?", "reason"),
+        ("What is its height?", None),  # "what" alone says nothing of the answer's kind
+        ("When and where was it built?", None),  # two kinds at once
+    ],
+)
+def test_answer_kind_is_read_from_the_opening_words(text, kind):
+    assert answer_kind(text) == kind
+
+
+def test_follow_ups_that_ask_for_another_kind_of_answer_are_vetoed(make_cache):
+    cache = make_cache(threshold=0.2, followup_threshold=0.2, context_threshold=0.5)
+    eid = cache.insert("where was she born", "Warsaw", context=["tell me about Marie Curie"])
+    got = cache.lookup("when did she die", context=["tell me about Marie Curie"])
+    assert not got.hit and got.reason == Reason.GUARDED
+    assert cache.lookup("where was she born exactly", context=["tell me about Marie Curie"]).entry_id == eid
+    assert not asks_another_kind("When and where was she born?", "Where was she born?")
+    # Standalone questions are left to the other guards: QQP labels such pairs duplicates.
+    standalone = cache.insert("who discovered plate tectonics and how", "Wegener")
+    assert cache.lookup("when and how was plate tectonics discovered").entry_id == standalone
