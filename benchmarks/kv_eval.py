@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -44,6 +43,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import kv_harness as kh  # a sibling file: benchmarks/ is not a package
+
+from edgecache.machine import describe as describe_machine
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "kv_eval.json"
@@ -320,8 +321,7 @@ def main(
         "config": cfg | {"seed": args.seed, "depths": cfg["depths"], "query_aware": args.query_aware},
         "model": info,
         "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
+            **describe_machine(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,

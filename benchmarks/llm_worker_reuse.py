@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from edgecache.machine import describe as describe_machine
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "llm_worker_reuse.json"
@@ -116,8 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "context_tokens": records[0]["context_tokens"],
         "max_tokens": args.max_tokens,
         "questions": len(questions),
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
+        "machine": describe_machine(),
         "loadavg_1_5_15_before_after": [list(load_before), list(os.getloadavg())],
         "summary": summary,
         "records": records,

@@ -22,6 +22,7 @@ from edgecache.embcache import encode_cached
 from edgecache.encoder import TOKENIZER_FILE, Encoder
 from edgecache.evaldata import load_qqp
 from edgecache.evalrun import QQPVectors, evaluate_setting
+from edgecache.machine import describe as describe_machine
 from edgecache.modelbuild import RECIPES, build_model
 from edgecache.projection import identity
 
@@ -40,7 +41,12 @@ def main() -> None:
         "test": rng.sample(full["test"], args.pairs),
     }
     texts = sorted({t for s in splits.values() for p in s for t in (p.a, p.b)})
-    report: dict = {"sentences": len(texts), "pairs_per_split": args.pairs, "recipes": {}}
+    report: dict = {
+        "machine": describe_machine(),
+        "sentences": len(texts),
+        "pairs_per_split": args.pairs,
+        "recipes": {},
+    }
     with tempfile.TemporaryDirectory() as home:
         os.environ["EDGECACHE_HOME"] = home  # keep the user's built model untouched
         built = build_model("fp32", home=Path(home), name="fp32", progress=lambda _: None)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from .config import CacheConfig
 from .embedder import Embedded, ProjectedEncoder, shared_embedder
 from .evaldata import data_root
 from .evalrun import qqp_vectors
+from .machine import describe as describe_machine
 from .stores import LocalFolderStore
 
 GPTCACHE_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gptcache_baseline.py"
@@ -228,11 +228,7 @@ def run_bench(
     warmup_texts = [f"warm-up question {i}" for i in range(20)]
     fill = _PrecomputedFill(real, data.table)
     results: dict = {
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "machine": describe_machine(),
         "config": config.to_dict(),
         "sizes": {},
     }

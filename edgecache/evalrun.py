@@ -34,6 +34,7 @@ from .evaluation import (
     sweep_of,
 )
 from .guards import veto
+from .machine import describe as describe_machine
 from .projection import Projection, fit_pca, identity, shipped
 
 # Retrieval requires both: best F1 among operating points with precision >= this.
@@ -334,6 +335,7 @@ def run_eval(out_dir: Path, settings: list[tuple[str, ...]], with_compression: b
     data = qqp_vectors(encoder)
     results: dict = {
         "encoder": encoder.fingerprint,
+        "machine": describe_machine(),
         "default_config": config.to_dict(),
         "split": {
             k: {"pairs": len(v), "duplicates": sum(p.label for p in v)} for k, v in data.splits.items()
