@@ -28,7 +28,7 @@ from .policy import is_ttl
 from .results import ENTRY_FIELDS, CacheStats, Entry, InsertResult, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, clean_context, clean_query, clean_response
-from .vectorindex import VectorIndex, all_finite
+from .vectorindex import VectorIndex, all_finite, vector_bytes
 
 if TYPE_CHECKING:
     from .calibration import OnlineCalibrator
@@ -100,7 +100,7 @@ class SemanticCache:
         # snapshots, and a refresh could adopt a snapshot older than one just saved.
         self._sync_lock = threading.Lock()
         self._index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
-        self._vector_bytes = self.embedder.dim * {"f32": 4, "f16": 2, "i8": 1}[self.config.dtype]
+        self._vector_bytes = vector_bytes(self.embedder.dim, self.config.dtype)
         self._entries: dict[int, Entry] = {}
         self._followups = FollowUpTable(self.embedder.dim)
         # Changes not yet in the stored snapshot: what a merge with another writer's
@@ -768,19 +768,9 @@ class SemanticCache:
                 if external
                 else "snapshot holds response bodies inline; open it without a bodies store"
             )
-        try:
-            if payload["version"] == 1:
-                loaded = [Entry.from_record(r).check() for r in payload["entries"]]
-            else:
-                loaded = [Entry.from_row(payload["entry_fields"], r).check() for r in payload["entries"]]
-            entries = {e.id: e for e in loaded}
-            index_bytes = payload["index"]
-            if not isinstance(index_bytes, bytes):
-                raise TypeError(f"index is {type(index_bytes).__name__}, not bytes")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotError(f"snapshot entries are malformed: {exc}") from exc
+        entries = snapshot.entries(payload)
         index = VectorIndex(self.embedder.dim, self.config.dtype, self.config.connectivity)
-        index.load_bytes(index_bytes)
+        index.load_bytes(snapshot.index_bytes(payload))
         if len(index) != len(entries):
             raise SnapshotError(f"snapshot index holds {len(index)} vectors for {len(entries)} entries")
         for entry in entries.values():

@@ -23,6 +23,10 @@ def load_config(path: str | None) -> CacheConfig:
     return CacheConfig.from_dict(read_settings(path)) if path else CacheConfig()
 
 
+def _store_dir(arg: str | None) -> Path:
+    return Path(arg) if arg else edgecache_home() / "caches"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .cache import SemanticCache
     from .embedder import shared_embedder
@@ -33,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .stores import LocalFolderStore
 
     config = load_config(args.config)
-    store_dir = Path(args.store) if args.store else edgecache_home() / "caches"
+    store_dir = _store_dir(args.store)
     embedder = shared_embedder(config.projection, threads=config.encoder_threads)
     try:
         load = BackendMonitor(*args.backend_latency) if args.backend_latency else BackendMonitor()
@@ -116,6 +120,58 @@ def cmd_fit_projection(args: argparse.Namespace) -> int:
         proj.info["fitted_on_encoder"] = data.fingerprint
         print(f"wrote {save_shipped(proj, assets)} ({proj.info})")
     return 0
+
+
+def cmd_snapshot_reembed(args: argparse.Namespace) -> int:
+    from .errors import ConflictError, SnapshotError
+    from .reembed import reembed_snapshot
+    from .stores import LocalFolderStore, user_key
+
+    config = load_config(args.config)
+    store_dir = _store_dir(args.store)
+    if not store_dir.is_dir():
+        raise EdgecacheError(f"no snapshot folder at {store_dir}")
+    store = LocalFolderStore(store_dir)
+    width = len(user_key("x"))  # snapshots are stored under user keys; other files are not ours
+    keys = sorted(
+        p.name for p in store_dir.iterdir() if p.is_file() and len(p.name) == width and p.name.isalnum()
+    )
+    failed = 0
+    for n, key in enumerate(keys, 1):
+        found = store.get_versioned(key)
+        if found is None:
+            continue
+        data, version = found
+
+        def show(done: int, total: int, key: str = key) -> None:
+            print(f"\r  {key[:12]}: encoding {done}/{total} texts", end="", file=sys.stderr, flush=True)
+
+        try:
+            result = reembed_snapshot(data, config, progress=show)
+        except SnapshotError as exc:
+            failed += 1
+            print(f"[{n}/{len(keys)}] {key[:12]}: left as it is, unreadable: {exc}")
+            continue
+        if result is None:
+            print(f"[{n}/{len(keys)}] {key[:12]}: current")
+            continue
+        print("", file=sys.stderr)
+        aside = f"{key}.pre-{result.previous_fingerprint[:12]}"
+        store.put(aside, data)
+        try:
+            store.put_if(key, result.data, version)
+        except ConflictError:
+            failed += 1
+            print(f"[{n}/{len(keys)}] {key[:12]}: written by another process meanwhile; run again")
+            continue
+        notes = [f"{result.entries} entries encoded again"]
+        if result.dropped:
+            notes.append(f"{len(result.dropped)} follow-ups without their context's text left out")
+        if result.clipped_contexts:
+            notes.append(f"{result.clipped_contexts} from a clipped context")
+        print(f"[{n}/{len(keys)}] {key[:12]}: {', '.join(notes)}; the original is kept as {aside}")
+    print(f"{len(keys)} snapshots in {store_dir}, {failed} left as they were")
+    return 1 if failed else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -248,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
         "overloaded for load adaptation (default 2 10)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    snap = sub.add_parser("snapshot", help="work on stored snapshots")
+    ssub = snap.add_subparsers(dest="snapshot_command", required=True)
+    reembed = ssub.add_parser(
+        "reembed",
+        help="encode again, from their texts, the snapshots another encoder build or projection "
+        "wrote (after an upgrade); each original is kept as <key>.pre-<fingerprint>",
+    )
+    reembed.add_argument("--store", help="snapshot folder (default: $EDGECACHE_HOME/caches)")
+    reembed.add_argument("--config", help="the CacheConfig the caches are served with (.json or .toml)")
+    reembed.set_defaults(func=cmd_snapshot_reembed)
 
     model = sub.add_parser("model", help="build the ONNX encoder / fit projections")
     msub = model.add_subparsers(dest="model_command", required=True)

@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from .errors import SnapshotError
+from .results import Entry
 
 MAGIC = b"EDGECSNP"
 # 2: entries as rows under one list of field names (format 1 repeated the names per entry).
@@ -26,7 +27,9 @@ def encode(payload: dict[str, Any]) -> bytes:
     return MAGIC + hashlib.sha256(body).digest() + body
 
 
-def decode(data: bytes, fingerprint: str) -> dict[str, Any]:
+def decode(data: bytes, fingerprint: str | None) -> dict[str, Any]:
+    """The payload of a sound snapshot. `fingerprint`: the encoder/projection its vectors must
+    come from; None accepts any (re-embedding reads the texts, not the vectors)."""
     if not isinstance(data, bytes | bytearray) or len(data) < _HEADER:
         raise SnapshotError("snapshot is truncated or empty")
     if data[: len(MAGIC)] != MAGIC:
@@ -43,10 +46,30 @@ def decode(data: bytes, fingerprint: str) -> dict[str, Any]:
             f"snapshot format version {payload.get('version') if isinstance(payload, dict) else '?'}"
             f" is not supported (this edgecache reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
-    if payload.get("fingerprint") != fingerprint:
+    if fingerprint is not None and payload.get("fingerprint") != fingerprint:
         raise SnapshotError(
             "snapshot was written with another encoder/projection "
             f"({str(payload.get('fingerprint'))[:16]}... vs {fingerprint[:16]}...); "
-            "its vectors cannot be compared with this cache's"
+            "its vectors cannot be compared with this cache's. Its entries keep their texts: "
+            "`edgecache snapshot reembed` (or edgecache.reembed.reembed_snapshot) encodes them again"
         )
     return payload
+
+
+def entries(payload: dict[str, Any]) -> dict[int, Entry]:
+    """The entries of a decoded payload, by id, each checked field by field."""
+    try:
+        if payload["version"] == 1:
+            loaded = [Entry.from_record(r).check() for r in payload["entries"]]
+        else:
+            loaded = [Entry.from_row(payload["entry_fields"], r).check() for r in payload["entries"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"snapshot entries are malformed: {exc}") from exc
+    return {e.id: e for e in loaded}
+
+
+def index_bytes(payload: dict[str, Any]) -> bytes:
+    data = payload.get("index")
+    if not isinstance(data, bytes):
+        raise SnapshotError(f"snapshot entries are malformed: index is {type(data).__name__}, not bytes")
+    return data

@@ -10,6 +10,24 @@ from ._native import Index, MetricKind, ScalarKind
 from .errors import InvalidInputError, SnapshotError
 
 _SCALARS = {"f32": ScalarKind.F32, "f16": ScalarKind.F16, "i8": ScalarKind.I8}
+_WIDTH = {"f32": 4, "f16": 2, "i8": 1}
+
+
+def vector_bytes(dim: int, dtype: str) -> int:
+    """Bytes one stored vector takes (what an entry's size counts for it)."""
+    return dim * _WIDTH[dtype]
+
+
+def stored_vector_bytes(data: bytes) -> int:
+    """Bytes per vector of a serialized index, from its own header."""
+    try:
+        meta = Index.metadata(data)
+    except Exception as exc:  # usearch raises plain RuntimeError on bad bytes
+        raise SnapshotError(f"index bytes are unreadable: {exc}") from exc
+    kinds = {kind: name for name, kind in _SCALARS.items()}
+    if meta is None or meta.get("kind_scalar") not in kinds:
+        raise SnapshotError("index bytes do not hold an index of a known precision")
+    return vector_bytes(int(meta["dimensions"]), kinds[meta["kind_scalar"]])
 
 
 def all_finite(x: np.ndarray) -> bool:
