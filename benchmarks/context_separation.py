@@ -67,9 +67,10 @@ def main() -> None:
     index = {t: i for i, t in enumerate(firsts)}
     sims = matrix @ matrix.T
     pair_sims = np.array([float(sims[index[a], index[b]]) for a, b in pairs])
-    low = float(min(THRESHOLDS))
-    # The guards run only where the cosine would let a hit through, so only those are checked.
-    vetoed = {k: veto(pairs[k][0], pairs[k][1]) for k in np.flatnonzero(pair_sims >= low)}
+    lo, hi = args.band
+    # The guards run only where the cosine would let a hit through: at the lowest threshold
+    # tabled or listed.
+    vetoed = {k: veto(*pairs[k]) for k in np.flatnonzero(pair_sims >= min(*THRESHOLDS, lo))}
 
     table = []
     for t in THRESHOLDS:
@@ -83,7 +84,6 @@ def main() -> None:
                 "of_those_vetoed_by_guards": int(sum(vetoed[k] is not None for k in above)),
             }
         )
-    lo, hi = args.band
     band = [
         {"cosine": round(float(pair_sims[k]), 3), "a": pairs[k][0], "b": pairs[k][1], "veto": vetoed[k]}
         for k in np.argsort(-pair_sims)

@@ -142,6 +142,7 @@ def cmd_snapshot_reembed(args: argparse.Namespace) -> int:
         if found is None:
             continue
         data, version = found
+        tag = f"[{n}/{len(keys)}] {key[:12]}"
 
         def show(done: int, total: int, key: str = key) -> None:
             print(f"\r  {key[:12]}: encoding {done}/{total} texts", end="", file=sys.stderr, flush=True)
@@ -150,10 +151,10 @@ def cmd_snapshot_reembed(args: argparse.Namespace) -> int:
             result = reembed_snapshot(data, config, progress=show)
         except SnapshotError as exc:
             failed += 1
-            print(f"[{n}/{len(keys)}] {key[:12]}: left as it is, unreadable: {exc}")
+            print(f"{tag}: left as it is, unreadable: {exc}")
             continue
         if result is None:
-            print(f"[{n}/{len(keys)}] {key[:12]}: current")
+            print(f"{tag}: current")
             continue
         print("", file=sys.stderr)
         aside = f"{key}.pre-{result.previous_fingerprint[:12]}"
@@ -162,14 +163,14 @@ def cmd_snapshot_reembed(args: argparse.Namespace) -> int:
             store.put_if(key, result.data, version)
         except ConflictError:
             failed += 1
-            print(f"[{n}/{len(keys)}] {key[:12]}: written by another process meanwhile; run again")
+            print(f"{tag}: written by another process meanwhile; run again")
             continue
         notes = [f"{result.entries} entries encoded again"]
         if result.dropped:
             notes.append(f"{len(result.dropped)} follow-ups without their context's text left out")
         if result.clipped_contexts:
             notes.append(f"{result.clipped_contexts} from a clipped context")
-        print(f"[{n}/{len(keys)}] {key[:12]}: {', '.join(notes)}; the original is kept as {aside}")
+        print(f"{tag}: {', '.join(notes)}; the original is kept as {aside}")
     print(f"{len(keys)} snapshots in {store_dir}, {failed} left as they were")
     return 1 if failed else 0
 
