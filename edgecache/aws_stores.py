@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from .errors import ConfigError, ConflictError, EdgecacheError, InvalidInputError
+from .numbers import is_positive
 from .stores import VersionedStore, _check_key
 
 __all__ = [
@@ -331,7 +332,7 @@ class DynamoDocumentStore:
         if default_ttl_seconds is not None:
             if ttl_attribute is None:
                 raise ConfigError("default_ttl_seconds needs a ttl_attribute")
-            if not _positive(default_ttl_seconds):
+            if not is_positive(default_ttl_seconds):
                 raise ConfigError(f"default_ttl_seconds must be positive, got {default_ttl_seconds!r}")
         self.table, self.ttl_attribute = table, ttl_attribute
         self.default_ttl_seconds = default_ttl_seconds
@@ -409,7 +410,7 @@ class DynamoDocumentStore:
         if expires_at is not None:
             if self.ttl_attribute is None:
                 raise InvalidInputError("expires_at given but this store has no ttl_attribute")
-            if not _positive(expires_at):
+            if not is_positive(expires_at):
                 raise InvalidInputError(f"expires_at must be a positive epoch time, got {expires_at!r}")
 
         # DynamoDB refuses names/values an expression does not use: add each only where used.
@@ -471,12 +472,6 @@ class DynamoDocumentStore:
             self.client.delete_item(TableName=self.table, Key={"pk": {"S": key}})
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, self._where("DeleteItem", key), self._hint()) from exc
-
-
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
 
 
 # -- resources ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from .followups import FollowUpTable
 from .guards import asks_another_kind, veto
 from .load import LoadSignal
 from .metadata import checked_metadata
-from .policy import is_ttl
+from .numbers import is_positive
 from .results import ENTRY_FIELDS, CacheStats, Entry, InsertResult, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, clean_context, clean_query, clean_response
@@ -401,7 +401,7 @@ class SemanticCache:
             raise InvalidInputError("queries, responses, contexts, metadata and categories differ in length")
         if n == 0:
             return [], []
-        if ttl_seconds is not None and not is_ttl(ttl_seconds):
+        if ttl_seconds is not None and not is_positive(ttl_seconds):
             raise InvalidInputError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
         metadata = [checked_metadata(m) for m in metadata]
         for c in categories:

@@ -85,6 +85,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .numbers import is_number
+
 # Counts are kept in similarity bins of this width on [-1, 1]; thresholds are bin edges.
 BIN_WIDTH = 0.005
 N_BINS = round(2.0 / BIN_WIDTH)
@@ -280,12 +282,7 @@ def _check_unit(name: str, value: float) -> None:
 
 
 def _check_threshold(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not -1.0 <= value <= 1.0
-    ):
+    if not is_number(value) or not -1.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [-1, 1], got {value!r}")
 
 

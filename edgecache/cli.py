@@ -76,7 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.warning("listening on %s: put an auth layer that sets %s in front", host, args.user_header)
     print(
         f"edgecache serving on http://{host}:{port} (store {store_dir}, "
-        f"user header {args.user_header}, encoder {embedder.fingerprint[:12]})",
+        f"user header {args.user_header}, model {embedder.encoder.fingerprint[:12]}, "
+        f"projection {embedder.projection.name}: vectors {embedder.fingerprint[:12]})",
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown_async())

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .decision import Thresholds
 from .errors import ConfigError, EdgecacheError
-from .policy import Policy, is_number, is_ttl, refuse_unknown_keys
+from .numbers import is_number, is_positive
+from .policy import Policy, refuse_unknown_keys
 from .projection import check_shipped
 
 DTYPES = ("f32", "f16", "i8")
@@ -50,7 +51,7 @@ class CacheConfig:
             value = getattr(self, name)
             if not is_number(value) or not -1.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be a number in [-1, 1], got {value!r}")
-        if self.ttl_seconds is not None and not is_ttl(self.ttl_seconds):
+        if self.ttl_seconds is not None and not is_positive(self.ttl_seconds):
             raise ConfigError(f"ttl_seconds must be a positive number or None, got {self.ttl_seconds!r}")
         check_shipped(self.projection)
         if self.dtype not in DTYPES:

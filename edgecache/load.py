@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from .numbers import is_number
+
 
 class LoadSignal(Protocol):
     def level(self) -> float: ...
@@ -51,7 +53,7 @@ class LatencySignal:
         self._lock = threading.Lock()
 
     def record(self, seconds: float) -> None:
-        if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
+        if not (is_number(seconds) and seconds >= 0):
             raise ValueError(f"latency must be a non-negative number of seconds, got {seconds!r}")
         with self._lock:
             now = self._clock()

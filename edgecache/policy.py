@@ -11,12 +11,12 @@ defaults below change only what differs by category.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import ConfigError
 from .eviction import STRATEGIES
+from .numbers import is_number, is_positive
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
@@ -48,7 +48,7 @@ class CategoryPolicy:
             value = getattr(self, name)
             if value is not None and (not is_number(value) or not -1.0 <= value <= 1.0):
                 raise ConfigError(f"{where}: {name} must be a number in [-1, 1] or null, got {value!r}")
-        if self.ttl_seconds is not None and not is_ttl(self.ttl_seconds):
+        if self.ttl_seconds is not None and not is_positive(self.ttl_seconds):
             raise ConfigError(f"{where}: ttl_seconds must be a positive number or null")
         for name in ("max_entries", "max_bytes"):
             value = getattr(self, name)
@@ -71,16 +71,6 @@ def refuse_unknown_keys(data: dict, allowed: set[str], prefix: str) -> None:
     unknown = set(data) - allowed
     if unknown:
         raise ConfigError(f"{prefix} {', '.join(sorted(unknown))}")
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float; True and False do not count."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_ttl(value: Any) -> bool:
-    """A valid TTL: a finite number of seconds above zero."""
-    return is_number(value) and value > 0
 
 
 # Sensible defaults, by what goes stale and what a wrong answer costs. No threshold is

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import EdgecacheError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .httperrors import RequestError, decode_json_body
 from .load import BackendMonitor
+from .numbers import is_number
 from .proxy import (
     CACHED_HEADER,
     Reply,
@@ -220,8 +221,13 @@ class Service:
         if not isinstance(load, BackendMonitor):
             raise HttpError(HTTPStatus.CONFLICT, "load_off", "this service does not take backend reports")
         latency = _field(body, "latency_ms", (int, float))
+        if not is_number(latency):
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST, "invalid_request", "field 'latency_ms' must be a finite number"
+            )
+        status = _field(body, "status", (int,), False)
         try:
-            load.record(latency / 1000.0, _field(body, "status", (int,), False) or 200)
+            load.record(latency / 1000.0, 200 if status is None else status)
         except ValueError as exc:
             raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", str(exc)) from None
         return {"load": round(load.level(), 4)}
@@ -375,7 +381,7 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             try:
                 if path == "/health" and self.command == "GET":
                     return self._reply(
-                        HTTPStatus.OK, {"status": "ok", "encoder": service.registry.embedder.fingerprint[:16]}
+                        HTTPStatus.OK, {"status": "ok", "vectors": service.registry.embedder.fingerprint[:12]}
                     )
                 if path == "/metrics" and self.command == "GET":
                     return self._reply(HTTPStatus.OK, service.metrics_text(), "text/plain; version=0.0.4")

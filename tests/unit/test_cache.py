@@ -227,6 +227,7 @@ def test_max_entries_evicts_least_recently_used(make_cache, clock):
         lambda c: c.insert("q", None),
         lambda c: c.insert(b"\xff", "r"),
         lambda c: c.insert("q", "r", ttl_seconds=-1),
+        lambda c: c.insert("q", "r", ttl_seconds=10**400),
         lambda c: c.insert("q", "r", metadata=[1]),
         lambda c: c.insert("q", "r", context="not a list"),
         lambda c: c.insert_many(["ok", ""], ["a", "b"]),

@@ -100,6 +100,7 @@ def test_bad_insert_loses_nothing(server):
         {"query": "q", "response": 7},
         {"query": "q", "response": "r", "ttl_seconds": -5},
         {"query": "q", "response": "r", "ttl_seconds": True},
+        {"query": "q", "response": "r", "ttl_seconds": 10**400},  # a JSON int past float range
         {"query": "q", "response": "  \u200b "},
     ):
         assert call(server, "POST", "/v1/insert", body)[0] == 400
@@ -126,8 +127,10 @@ def test_oversized_body_is_413_before_it_is_read(server):
     conn.close()
 
 
-def test_routes_health_metrics(server):
-    assert call(server, "GET", "/health", user=None)[1]["status"] == "ok"
+def test_routes_health_metrics(server, embedder):
+    # `vectors` names what snapshots carry and `.pre-<fingerprint>` files are named by.
+    health = call(server, "GET", "/health", user=None)[1]
+    assert health == {"status": "ok", "vectors": embedder.fingerprint[:12]}
     call(server, "POST", "/v1/lookup", {"query": "count me"})
     status, text = call(server, "GET", "/metrics", user=None)
     assert status == 200 and "edgecache_lookups_total 1" in text
@@ -234,6 +237,8 @@ def test_backend_reports_drive_the_load_level(tmp_path, embedder, config):
         assert out["load"] == 1.0
         assert call(srv, "POST", "/v1/backend", {"latency_ms": -1})[0] == 400
         assert call(srv, "POST", "/v1/backend", {"latency_ms": 5, "status": 9999})[0] == 400
+        assert call(srv, "POST", "/v1/backend", {"latency_ms": 5, "status": 0})[0] == 400
+        assert call(srv, "POST", "/v1/backend", {"latency_ms": 10**400})[0] == 400
         assert "edgecache_backend_load 1.0" in call(srv, "GET", "/metrics", user=None)[1]
     finally:
         srv.shutdown()
