@@ -91,8 +91,9 @@ def main() -> None:
     ]
     result = {
         "machine": describe(),
-        "encoder": embedder.fingerprint,
+        "model": embedder.encoder.fingerprint,
         "projection": config.projection,
+        "vectors": embedder.fingerprint,
         "first_turns": len(firsts),
         "paraphrased_first_turns": len(paraphrased),
         "different_first_turn_pairs": len(pairs),
