@@ -375,6 +375,8 @@ class SemanticCache:
 
         TTL: `ttl_seconds` if given, else the category's, else the cache-wide one.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         return self._insert(queries, responses, contexts, ttl_seconds, metadata, batch_size, categories)[0]
 
     def _insert(
@@ -773,6 +775,10 @@ class SemanticCache:
         index.load_bytes(snapshot.index_bytes(payload))
         if len(index) != len(entries):
             raise SnapshotError(f"snapshot index holds {len(index)} vectors for {len(entries)} entries")
+        if not index.holds_all(list(entries)):
+            raise SnapshotError("snapshot index and entries disagree: some entry ids have no vector")
+        if not external and any(e.response is None for e in entries.values()):
+            raise SnapshotError("snapshot holds entries without a response and no document store for them")
         for entry in entries.values():
             # Categories the current policy no longer has fall back rather than fail to load.
             if entry.category not in self._held:

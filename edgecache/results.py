@@ -81,6 +81,10 @@ class Entry:
             value = getattr(self, name)
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 raise ValueError(f"entry {self.id!r}: {name} is {type(value).__name__}")
+        for name in ("id", "context_turns", "hits", "right_feedback", "wrong_feedback", "size"):
+            # Counters go up from here and must still pack as msgpack's 64-bit ints when saved.
+            if not 0 <= getattr(self, name) < 2**63:
+                raise ValueError(f"entry {self.id!r}: {name} is out of range")
         return self
 
 

@@ -89,6 +89,10 @@ class VectorIndex:
         x = checked_vectors(vectors, self.dim)
         self._index.add(np.atleast_1d(np.asarray(keys, dtype=np.uint64)), x, threads=1)
 
+    def holds_all(self, keys: list[int]) -> bool:
+        """Whether every key has a vector here (one vectorized check)."""
+        return bool(self._index.contains(np.asarray(keys, dtype=np.uint64)).all()) if keys else True
+
     def remove(self, key: int) -> None:
         self._index.remove(int(key))
 

@@ -12,6 +12,7 @@ from typing import ParamSpec
 from .cache import SemanticCache
 from .errors import InvalidInputError
 from .load import BackendMonitor
+from .numbers import is_positive
 
 P = ParamSpec("P")
 log = logging.getLogger("edgecache")
@@ -40,7 +41,16 @@ def cached(
     `monitor`: timings and failures (429s) of the calls made on misses feed it, so the
     cache can relax within its policy's bounds while the backend is overloaded (pass the
     same monitor as the cache's `load`). `category`: skip the classifier.
+    Arguments are checked here, not on the first call.
     """
+    if not isinstance(cache, SemanticCache):
+        raise InvalidInputError(f"cached() needs a SemanticCache, got {type(cache).__name__}")
+    if ttl_seconds is not None and not is_positive(ttl_seconds):
+        raise InvalidInputError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
+    if monitor is not None and not isinstance(monitor, BackendMonitor):
+        raise InvalidInputError(f"monitor must be a BackendMonitor, got {type(monitor).__name__}")
+    if category is not None:
+        cache.rules.check(category)
 
     def decorate(fn: Callable[..., str]) -> Callable[..., str]:
         signature = inspect.signature(fn)

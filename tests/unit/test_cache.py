@@ -498,6 +498,29 @@ def test_cached_decorator_calls_llm_once(make_cache):
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"cache": None}, "needs a SemanticCache"),
+        ({"ttl_seconds": -1}, "ttl_seconds"),
+        ({"ttl_seconds": float("nan")}, "ttl_seconds"),
+        ({"monitor": 5}, "BackendMonitor"),
+        ({"category": "bogus"}, "unknown category"),
+    ],
+)
+def test_cached_decorator_refuses_bad_arguments_when_made(make_cache, arguments, message):
+    with pytest.raises(InvalidInputError, match=message):
+        cached(**({"cache": make_cache()} | arguments))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, "8", None, True])
+def test_insert_many_refuses_a_bad_batch_size(make_cache, batch_size):
+    cache = make_cache()
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        cache.insert_many(["How tall is Everest?"], ["8849 m"], batch_size=batch_size)
+    assert len(cache) == 0
+
+
 def test_cached_decorator_reads_a_context_passed_in_its_place(make_cache):
     """`ask(q, ctx)` is the same follow-up as `ask(q, context=ctx)`: its context keys the cache."""
     cache = make_cache()
@@ -639,6 +662,27 @@ def test_a_snapshot_with_a_valid_checksum_but_bad_fields_is_refused(make_cache):
     with pytest.raises(SnapshotError):
         target.restore(snapshot.encode({**payload, "index": None}))
     assert target.lookup("kept").hit
+
+
+def test_a_snapshot_whose_values_cannot_be_served_or_saved_is_refused(make_cache):
+    from edgecache import snapshot
+
+    cache = make_cache()
+    cache.insert("a perfectly good question", "answer")
+    payload = snapshot.decode(cache.to_bytes(), cache.embedder.fingerprint)
+    fields = payload["entry_fields"]
+    for name, bad, why in (
+        ("response", None, "without a response"),  # inline bodies: a hit would serve None
+        ("hits", 2**64 - 1, "hits is out of range"),  # the next hit could never be saved
+        ("id", 99, "disagree"),  # an entry the index has no vector for
+    ):
+        row = list(payload["entries"][0])
+        row[fields.index(name)] = bad
+        target = make_cache()
+        target.insert("kept", "kept")
+        with pytest.raises(SnapshotError, match=why):
+            target.restore(snapshot.encode({**payload, "entries": [row]}))
+        assert target.lookup("kept").hit
 
 
 def test_a_snapshot_saved_under_another_dtype_is_rebuilt_as_configured(make_cache):
