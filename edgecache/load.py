@@ -8,7 +8,6 @@ does not flip the policy, and decays back to 0 when the backend recovers.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -28,7 +27,7 @@ def _ramp(value: float, normal: float, overloaded: float) -> float:
 
 
 def _check_range(normal: float, overloaded: float, what: str) -> None:
-    if not (math.isfinite(normal) and math.isfinite(overloaded) and 0 <= normal < overloaded):
+    if not (is_number(normal) and is_number(overloaded) and 0 <= normal < overloaded):
         raise ValueError(f"{what}: need 0 <= normal < overloaded, got {normal} and {overloaded}")
 
 
