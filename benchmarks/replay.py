@@ -290,15 +290,12 @@ def hybrid_layout(embedder: TableEmbedder, texts: list[str], n: int = 2000, prob
     # that growth lands in neither layout's heap.
     SemanticCache("warm-up", store=MemoryStore(), embedder=embedder).insert_many(stored, ["r"] * n)
     with tempfile.TemporaryDirectory() as tmp:
+        folders: dict[str, CountingFolder | None] = {"inline": None, "hybrid": CountingFolder(tmp)}
         caches: dict[str, SemanticCache] = {}
-        folders: dict[str, CountingFolder] = {}
         out: dict[str, dict] = {}
         for layout in layouts:
-            if layout == "hybrid":
-                folders[layout] = CountingFolder(tmp)
-            bodies = folders.get(layout)
             tracemalloc.start()
-            cache = SemanticCache("layout", store=MemoryStore(), embedder=embedder, bodies=bodies)
+            cache = SemanticCache("layout", store=MemoryStore(), embedder=embedder, bodies=folders[layout])
             cache.insert_many(stored, [f"{i}:" + "y" * 1500 for i in range(len(stored))])
             held = tracemalloc.get_traced_memory()[0]
             tracemalloc.stop()
@@ -314,7 +311,7 @@ def hybrid_layout(embedder: TableEmbedder, texts: list[str], n: int = 2000, prob
         reads: dict[str, Counter] = {layout: Counter() for layout in layouts}
         for i, q in enumerate(probe_texts):
             for layout in layouts if i % 2 == 0 else layouts[::-1]:
-                folder = folders.get(layout)
+                folder = folders[layout]
                 before = folder.reads if folder else 0
                 t0 = time.perf_counter()
                 got = caches[layout].lookup(q)
