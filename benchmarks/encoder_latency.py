@@ -25,6 +25,7 @@ import numpy as np
 
 from edgecache.encoder import TOKENIZER_FILE, Encoder, current_model_dir
 from edgecache.evaldata import load_qqp
+from edgecache.machine import describe
 from edgecache.modelbuild import DEFAULT_RECIPE, _export_fp32, _fuse, _quantize, source_model_dir
 
 OUT = Path(__file__).parent / "results" / "encoder_latency.json"
@@ -84,7 +85,13 @@ def main() -> None:
             f"{name:>18}: p50 {row['p50_ms']:.2f} ms ({row['p50_vs_shipped']:.2f}x shipped), "
             f"p90 {row['p90_ms']:.2f} ms, cosine to fp32 min {row['cosine_to_fp32_min']:.4f}"
         )
-    result = {"benchmark": "encoder_latency", "queries": len(queries), "fused_ops": stats, "models": rows}
+    result = {
+        "benchmark": "encoder_latency",
+        "machine": describe(),
+        "queries": len(queries),
+        "fused_ops": stats,
+        "models": rows,
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     print(f"wrote {OUT}")

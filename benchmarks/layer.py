@@ -19,13 +19,14 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgecache.machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results" / "layer.json"
@@ -143,12 +144,10 @@ def main() -> None:
         "what": "Lambda layer / edge bundle sizes and cold start of a fresh python3.12 with only the bundle",
         "command": f"python benchmarks/layer.py --runs {args.runs}",
         "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
+            **describe(),
             "python_probe": sample["python"],
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in load_after],
-            "note": "shared 2-core machine; other jobs were running (see loadavg), so medians carry noise",
         },
         "limits": {
             "unzipped_function_plus_layers_bytes": LIMIT_UNZIPPED,
