@@ -1,4 +1,5 @@
-"""Test doubles that are real implementations of small interfaces (no model needed)."""
+"""Test doubles that are real implementations of small interfaces (no model needed), and the
+way tests reach the shared evaluation data."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import hashlib
 import re
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgecache.embedder import Embedded
+from edgecache.evaldata import data_root
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -64,3 +68,12 @@ def run_in_threads(target: Callable[..., object], args: Iterable[tuple]) -> list
     for t in threads:
         t.join()
     return errors
+
+
+def shared_data(*parts: str) -> Path:
+    """A path in the shared evaluation data; the test skips where this machine lacks it
+    (a checkout whose ../shared/data is absent and no EDGECACHE_DATA)."""
+    path = data_root().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"the shared evaluation data is not at {path}")
+    return path

@@ -30,7 +30,7 @@ from edgecache.adapters.batch import (  # noqa: E402
     run_batch_job,
 )
 from edgecache.errors import ConfigError, InvalidInputError  # noqa: E402
-from edgecache.evaldata import data_root  # noqa: E402
+from tests.helpers import shared_data  # noqa: E402
 
 # The session's AWS fixtures (dummy credentials, moto server on 127.0.0.1), used here too.
 from tests.integration.aws.conftest import aws, aws_endpoint, aws_env  # noqa: E402, F401
@@ -47,9 +47,7 @@ TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}."]
 def images(tmp_path_factory):
     from PIL import Image
 
-    src = data_root() / "images" / "cifar10_test"
-    if not src.is_dir():
-        pytest.skip(f"CIFAR-10 test images missing at {src}")
+    src = shared_data("images", "cifar10_test")
     root = tmp_path_factory.mktemp("images")
     valid = []
     for c in CLASSES:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from edgecache.llm.model import MANIFEST_FILE, packaged_model_path
+from tests.helpers import shared_data
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,6 @@ def test_sentencekv_at_10_percent_copies_the_needle_the_question_asks_for(smollm
     import sys
     from pathlib import Path
 
-    from edgecache.evaldata import data_root
     from edgecache.llm.presses import make_press
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -86,7 +86,9 @@ def test_sentencekv_at_10_percent_copies_the_needle_the_question_asks_for(smollm
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False))
 
-    samples = kh.niah_samples(kh.load_sentences(data_root()), [1024], [0.25, 0.5], 1, count, seed=2)
+    samples = kh.niah_samples(
+        kh.load_sentences(shared_data("categories").parent), [1024], [0.25, 0.5], 1, count, seed=2
+    )
     for sample in samples:
         press = make_press("sentencekv", 0.1, tokenizer=tok)
         record = kh.run_sample(pipe, sample, press, max_new_tokens=5, query_aware=True)
@@ -102,7 +104,6 @@ def test_offloaded_sentencekv_answers_a_shared_context_at_10_percent(smollm2, pi
     import sys
     from pathlib import Path
 
-    from edgecache.evaldata import data_root
     from edgecache.llm.presses import make_press
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -113,7 +114,9 @@ def test_offloaded_sentencekv_answers_a_shared_context_at_10_percent(smollm2, pi
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False))
 
-    (sample,) = kh.shared_context_samples(kh.load_sentences(data_root()), 1024, 1, 4, count, seed=0)
+    (sample,) = kh.shared_context_samples(
+        kh.load_sentences(shared_data("categories").parent), 1024, 1, 4, count, seed=0
+    )
     offload = make_press("sentencekv_offload", 0.1, tokenizer=tok)
     with_offload = kh.run_sample(pipe, sample, offload, max_new_tokens=5)
     prefill_only = kh.run_sample(pipe, sample, make_press("sentencekv", 0.1, tokenizer=tok), max_new_tokens=5)

@@ -19,7 +19,7 @@ from edgecache.adapters.openclip import (
 )
 from edgecache.adapters.serve import FeatureBackend
 from edgecache.errors import ConfigError, InvalidInputError
-from edgecache.evaldata import data_root
+from tests.helpers import shared_data
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CORRUPT = b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8
@@ -32,9 +32,7 @@ def backend():
 
 @pytest.fixture(scope="module")
 def cifar():
-    root = data_root() / "images" / "cifar10_test"
-    if not root.is_dir():
-        pytest.skip(f"CIFAR-10 test images missing at {root}")
+    root = shared_data("images", "cifar10_test")
     blobs, labels = [], []
     for c, name in enumerate(CIFAR10):
         files = sorted((root / name).glob("*.jpg"))[:20]

@@ -10,7 +10,6 @@ from edgecache.evaldata import (
     FollowUpPair,
     Pair,
     _component_split,
-    data_root,
     load_contextual,
     load_followup_pairs,
     load_shared_followups,
@@ -28,6 +27,7 @@ from edgecache.evaluation import (
     sweep_of,
 )
 from edgecache.metrics import at, best, precision_interval, scores
+from tests.helpers import shared_data
 
 
 def unit(*v):
@@ -272,8 +272,7 @@ def test_shared_followup_judgements_name_rows_that_share_a_follow_up(tmp_path):
 
 
 def test_every_follow_up_the_data_asks_under_two_first_turns_is_judged():
-    if not (data_root() / "contextual").is_dir():
-        pytest.skip(f"the shared evaluation data is not at {data_root()}")
+    shared_data("contextual")
     sets = load_contextual()
     judged = load_shared_followups(sets=sets)
     for convs in sets.values():

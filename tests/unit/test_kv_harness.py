@@ -138,12 +138,9 @@ def test_clean_filters_distractors() -> None:
 
 
 def test_load_sentences_from_shared_data() -> None:
-    from edgecache.evaldata import data_root
+    from tests.helpers import shared_data
 
-    root = data_root()
-    if not (root / "categories" / "freshqa.csv").is_file():
-        pytest.skip("shared evaluation data not present")
-    sentences = kh.load_sentences(root)
+    sentences = kh.load_sentences(shared_data("categories").parent)
     assert len(sentences) > 5000
     assert len(set(sentences)) == len(sentences)
     assert not any("secret" in s.lower() for s in sentences)
