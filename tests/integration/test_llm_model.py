@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,21 @@ def pipe(smollm2):
         torch.set_num_threads(1)
     yield KVPressTextGenerationPipeline(model=smollm2.model, tokenizer=smollm2.tokenizer)
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def kh():
+    """benchmarks/kv_harness.py: benchmarks/ is a folder of scripts, not a package."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import kv_harness
+
+    return kv_harness
+
+
+@pytest.fixture(scope="module")
+def haystack(kh):
+    """The KV benchmarks' haystack sentences, read once from the shared data."""
+    return kh.load_sentences(shared_data("categories").parent)
 
 
 def test_the_built_copy_has_smollm2s_shape(smollm2):
@@ -69,26 +86,18 @@ def test_a_press_compresses_the_cache_and_still_answers(smollm2, pipe):
     assert "7421" in answer
 
 
-def test_sentencekv_at_10_percent_copies_the_needle_the_question_asks_for(smollm2, pipe):
+def test_sentencekv_at_10_percent_copies_the_needle_the_question_asks_for(haystack, kh, smollm2, pipe):
     # Two needles of the query-aware benchmark (benchmarks/kv_eval.py --query-aware, seed 2)
     # that a sentence score leaning to recent sentences got wrong ("362." and "3621" for
     # 3625): it kept the needle sentence whole in under 10% of the layer-heads.
-    import sys
-    from pathlib import Path
-
     from edgecache.llm.presses import make_press
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import kv_harness as kh  # benchmarks/ is a folder of scripts, not a package
 
     tok = smollm2.tokenizer
 
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False))
 
-    samples = kh.niah_samples(
-        kh.load_sentences(shared_data("categories").parent), [1024], [0.25, 0.5], 1, count, seed=2
-    )
+    samples = kh.niah_samples(haystack, [1024], [0.25, 0.5], 1, count, seed=2)
     for sample in samples:
         press = make_press("sentencekv", 0.1, tokenizer=tok)
         record = kh.run_sample(pipe, sample, press, max_new_tokens=5, query_aware=True)
@@ -96,27 +105,19 @@ def test_sentencekv_at_10_percent_copies_the_needle_the_question_asks_for(smollm
         assert record["kv_tokens_after_prefill"] <= 0.1 * record["context_tokens"] + 1
 
 
-def test_offloaded_sentencekv_answers_a_shared_context_at_10_percent(smollm2, pipe):
+def test_offloaded_sentencekv_answers_a_shared_context_at_10_percent(haystack, kh, smollm2, pipe):
     # SCBench-style: four facts in one ~1k-token context, four questions against one cache
     # compressed before any question was seen. Whatever a prefill-only press keeps, the
     # other questions' facts are gone; with the offload each question brings back what it
     # attends to, and the cache it reads stays within the same 10%.
-    import sys
-    from pathlib import Path
-
     from edgecache.llm.presses import make_press
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import kv_harness as kh
 
     tok = smollm2.tokenizer
 
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False))
 
-    (sample,) = kh.shared_context_samples(
-        kh.load_sentences(shared_data("categories").parent), 1024, 1, 4, count, seed=0
-    )
+    (sample,) = kh.shared_context_samples(haystack, 1024, 1, 4, count, seed=0)
     offload = make_press("sentencekv_offload", 0.1, tokenizer=tok)
     with_offload = kh.run_sample(pipe, sample, offload, max_new_tokens=5)
     prefill_only = kh.run_sample(pipe, sample, make_press("sentencekv", 0.1, tokenizer=tok), max_new_tokens=5)
