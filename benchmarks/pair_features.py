@@ -16,7 +16,7 @@ the whole validation split:
   index) re-scored by the pair model, the best one a hit when >= t and not vetoed.
 
     .venv/bin/python benchmarks/pair_features.py  ->  benchmarks/results/pair_features.json
-        (~5 min on 2 cores once the QQP vectors are cached)
+        (~3 min on 2 cores once the QQP vectors are cached)
 """
 
 from __future__ import annotations
