@@ -33,10 +33,10 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from edgecache import metrics
-from edgecache.decision import Candidate, Thresholds, first_hit
 from edgecache.evaldata import Pair
 from edgecache.evalrun import MIN_PRECISION, QQPVectors, balanced_report, qqp_vectors
-from edgecache.evaluation import THRESHOLDS, emulate_storage, pairwise_hits, sweep_of
+from edgecache.evaluation import emulate_storage, pairwise_hits, sweep_of
+from edgecache.evaluation import retrieval as cosine_retrieval
 from edgecache.projection import shipped
 from edgecache.vectorindex import VectorIndex
 
@@ -94,6 +94,7 @@ class PairFeatures:
         return emulate_storage(self.head.apply(self.data.table[text])[None, :], "i8")[0]
 
     def asked(self, text: str) -> np.ndarray:
+        # Normalized again, as `evaluation.pairwise_hits` does, so the cosines match its bits.
         v = self.head.apply(self.data.table[text])
         return v / np.linalg.norm(v)
 
@@ -121,20 +122,6 @@ def models(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[np.ndarray], np.
     }
 
 
-def sweep_scores(
-    score: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None
-) -> list[metrics.Scores]:
-    if rows is not None:
-        score, labels = score[rows], labels[rows]
-    positive = labels == 1
-    out = []
-    for t in PROBABILITIES:
-        hit = score >= t
-        tp, fp = int(np.sum(hit & positive)), int(np.sum(hit & ~positive))
-        out.append(metrics.scores(t, tp, fp, int(np.sum(positive)) - tp, len(labels)))
-    return out
-
-
 def pairwise_report(sweep: Callable[[str, np.ndarray | None], list[metrics.Scores]], labels) -> dict:
     chosen = metrics.best(sweep("validation", None))
     half = balanced_report(sweep, labels, whole_validation_threshold=chosen.threshold)
@@ -147,7 +134,7 @@ def pairwise_report(sweep: Callable[[str, np.ndarray | None], list[metrics.Score
 
 
 class Retrieval:
-    """The half-duplicate retrieval protocol with a pluggable scorer of the top candidates."""
+    """`evaluation.retrieval`'s protocol with the pair model choosing among the top candidates."""
 
     def __init__(self, feats: PairFeatures, pairs: list[Pair]) -> None:
         self.pairs = pairs
@@ -175,21 +162,6 @@ class Retrieval:
             else:
                 fp += 1
         return metrics.scores(threshold, tp, fp, sum(p.label for p in self.pairs) - tp, len(self.pairs))
-
-    def cosine_sweep(self) -> list[metrics.Scores]:
-        """The default's rule: the first candidate at or above c that no guard vetoes."""
-        out = []
-        for c in THRESHOLDS:
-            picks: list[int | None] = []
-            for ids, feats in self.found:
-                cands = [
-                    Candidate(k, f[0], None, False, False, None, guard="veto" if f[VETOED] else None)
-                    for k, f in zip(ids, feats, strict=True)
-                ]
-                verdict = first_hit(cands, Thresholds(c, 1.0), 0.0)
-                picks.append(verdict.candidate.entry_id if verdict.hit and verdict.candidate else None)
-            out.append(self._scores(c, picks))
-        return out
 
     def model_sweep(self, model: Callable[[np.ndarray], np.ndarray]) -> list[metrics.Scores]:
         """The pair model's best-scored candidate, a hit at or above t unless vetoed."""
@@ -228,13 +200,18 @@ def main() -> None:
         )
     }
     for name, model in fitted.items():
-        score = {s: model(x[s]) for s in ("validation", "test")}
+        # Hits per probability threshold, in the shape `sweep_of` reads.
+        hit = {s: model(x[s])[None, :] >= np.array(PROBABILITIES)[:, None] for s in ("validation", "test")}
         pairwise[name] = pairwise_report(
-            lambda s, r, score=score: sweep_scores(score[s], labels[s], r), labels
+            lambda s, r, hit=hit: sweep_of(hit[s], labels[s], PROBABILITIES, rows=r), labels
         )
     for name, r in pairwise.items():
         half = r["half_duplicate_test"]
         print(f"pairwise {name}: test F1 {r['test']['f1']:.3f}, half-duplicate F1 {half['f1']:.3f}")
+
+    def subset(split: str, rows: np.ndarray | None) -> list[Pair]:
+        pairs = data.splits[split]
+        return pairs if rows is None else [pairs[i] for i in rows]
 
     # One cache per (split, draw), as `edgecache eval` builds it: the draw's first questions.
     runs: dict[tuple[str, tuple[int, ...] | None], Retrieval] = {}
@@ -242,13 +219,14 @@ def main() -> None:
     def run(split: str, rows: np.ndarray | None) -> Retrieval:
         key = (split, None if rows is None else tuple(int(i) for i in rows))
         if key not in runs:
-            pairs = data.splits[split]
-            runs[key] = Retrieval(feats, pairs if rows is None else [pairs[i] for i in rows])
+            runs[key] = Retrieval(feats, subset(split, rows))
         return runs[key]
 
     retrieval = {}
     scorers: dict[str, Callable[[str, np.ndarray | None], list[metrics.Scores]]] = {
-        "default (cosine + guards)": lambda s, rows: run(s, rows).cosine_sweep()
+        "default (cosine + guards)": lambda s, rows: cosine_retrieval(
+            subset(s, rows), feats.asked, top_k=TOP_K, guard=data.veto
+        )[0]
     }
     for name, model in fitted.items():
         scorers[name] = lambda s, rows, model=model: run(s, rows).model_sweep(model)
