@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import heapq
 import secrets
@@ -18,7 +19,7 @@ from .categories import CategoryRules, RulesNow
 from .config import CacheConfig
 from .decision import Candidate, Reason, Thresholds, first_hit
 from .embedder import Embedder, shared_embedder
-from .errors import ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
+from .errors import ConfigError, ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .eviction import STRATEGIES
 from .followups import FollowUpTable
 from .guards import asks_another_kind, veto
@@ -28,7 +29,7 @@ from .numbers import is_positive
 from .results import ENTRY_FIELDS, CacheStats, Entry, InsertResult, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
 from .text import CleanText, clean_context, clean_query, clean_response
-from .vectorindex import VectorIndex, all_finite, vector_bytes
+from .vectorindex import VectorIndex, all_finite, checked_vectors, vector_bytes
 
 if TYPE_CHECKING:
     from .calibration import OnlineCalibrator
@@ -87,6 +88,11 @@ class SemanticCache:
         calibrator: OnlineCalibrator | None = None,
     ) -> None:
         self.user = check_user(user)
+        if config is not None and not isinstance(config, CacheConfig):
+            raise ConfigError(f"config must be a CacheConfig, got {type(config).__name__}")
+        for name, value in (("store", store), ("bodies", bodies)):
+            if value is not None and not isinstance(value, Store):
+                raise ConfigError(f"{name} must be a Store (get/put/delete), got {type(value).__name__}")
         self.config = config or CacheConfig()
         self.store = store if store is not None else MemoryStore()
         self.bodies = bodies
@@ -162,6 +168,11 @@ class SemanticCache:
             batch = texts[start : start + batch_size]
             out = self.embedder.embed(batch)
             end = start + len(batch)
+            if np.shape(out.vectors) != (len(batch), self.embedder.dim):
+                raise InvalidInputError(
+                    f"the embedder returned vectors of shape {np.shape(out.vectors)} for {len(batch)}"
+                    f" texts; it declares dimension {self.embedder.dim}"
+                )
             allv[start:end] = out.vectors
             if out.raw is not None:
                 if rawv is None:
@@ -172,6 +183,9 @@ class SemanticCache:
             # A NaN context vector would compare as neither above nor below any threshold.
             raise InvalidInputError("the embedder returned NaN or infinite values")
         n = len(queries)
+        if contexts and not (allv[n:] * allv[n:]).sum(axis=1).all():
+            # The index checks query vectors; a zero context vector would match no context.
+            raise InvalidInputError("the embedder returned a zero vector for a context chain")
         ctx = dict(zip(contexts, allv[n:], strict=True))
         ctx_truncated = dict(zip(contexts, truncated[n:], strict=True))
         keep = self.config.context_turns
@@ -198,8 +212,10 @@ class SemanticCache:
         now = self._clock()
         rules = self.rules.now()
         with self._lock:
-            self._counts[query_category]["lookups"] += 1
             keys, sims = self._index.search(vector, self.config.top_k)
+            if ctx is None:
+                keys, sims = self._past_followups(vector, keys, sims, rules.thresholds(query_category))
+            self._counts[query_category]["lookups"] += 1  # counted once the query proved searchable
             found = dict(zip(keys.tolist(), sims.tolist(), strict=True))
             if ctx is not None:
                 # Follow-ups asked in this conversation, even where entries with other contexts
@@ -270,10 +286,32 @@ class SemanticCache:
             similarity=cand.similarity,
             context_similarity=cand.context_similarity,
             truncated=truncated,
-            metadata=dict(entry.metadata),
+            metadata=copy.deepcopy(entry.metadata),
             category=query_category,
             threshold=threshold,
         )
+
+    def _past_followups(
+        self, vector: np.ndarray, keys: np.ndarray, sims: np.ndarray, rule: Thresholds
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest entries, reaching past follow-ups for a standalone lookup (lock held).
+
+        A standalone query is answered by standalone entries only. When follow-ups with its
+        words ("can you give me an example?", cached in many conversations) fill all of the
+        nearest k at or above the threshold, its own entry lies further out: the search
+        widens until a standalone entry or a similarity below the threshold comes back.
+        """
+        k = len(keys)
+        while (
+            k
+            and len(keys) == k
+            and sims[-1] >= rule.similarity
+            and k < len(self._index)
+            and all(e is None or e.context_vector is not None for e in map(self._entries.get, keys.tolist()))
+        ):
+            k *= 4
+            keys, sims = self._index.search(vector, k)
+        return keys, sims
 
     def _read_body(self, entry_id: int) -> str | None:
         """The stored response, or None (and the entry dropped) when its body is gone."""
@@ -393,7 +431,8 @@ class SemanticCache:
         lists = {"queries": queries, "responses": responses, "contexts": contexts}
         lists |= {"metadata": metadata, "categories": categories}
         for name, value in lists.items():
-            if value is not None and not isinstance(value, list | tuple):
+            required = name in ("queries", "responses")
+            if (value is not None or required) and not isinstance(value, list | tuple):
                 raise InvalidInputError(f"{name} must be a list, got {type(value).__name__}")
         n = len(queries)
         contexts = contexts if contexts is not None else [None] * n
@@ -413,6 +452,8 @@ class SemanticCache:
         cleaned = [clean_query(q) for q in queries]
         turns = [clean_context(c) for c in contexts]
         vectors, ctx_of, truncated, topics = self._embed(cleaned, turns, batch_size)
+        # Checked before any body is written: a vector the index refuses leaves nothing behind.
+        vectors = checked_vectors(vectors, self.embedder.dim)
         names = self.rules.categorize(topics, categories)
         with self._lock:
             ids = self._new_ids(n)
@@ -562,14 +603,14 @@ class SemanticCache:
             # One verdict per served hit: a second call about the same hit changes the
             # entry's counts but is not new evidence about the threshold.
             entry.last_similarity = None
-            updated = dataclasses.replace(entry)  # a copy: changing it must not change the cache
+            updated = entry.copy()
         self.rules.observe(served, correct)
         return updated
 
     def get(self, entry_id: int) -> Entry:
         """A copy of the entry, with its response read from the document store if kept there."""
         with self._lock:
-            entry = dataclasses.replace(self._get(entry_id))
+            entry = self._get(entry_id).copy()
         if self.bodies is not None:
             data = self.bodies.get(self._body_key(entry.id))
             entry.response = data.decode("utf-8") if data is not None else None

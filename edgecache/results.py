@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .decision import Reason
+from .errors import InvalidInputError
+from .metadata import checked_metadata
+from .text import MAX_STORED_BYTES, has_visible
 
 
 @dataclass
@@ -35,6 +40,10 @@ class Entry:
     # lookup's, since "World War I" and "World War II" embed at cosine 0.85.
     context: str | None = None
 
+    def copy(self) -> Entry:
+        """A copy the caller may change, metadata included, without changing the cache."""
+        return replace(self, metadata=copy.deepcopy(self.metadata))
+
     def to_row(self) -> list[Any]:
         """Values in `ENTRY_FIELDS` order: snapshots store the names once, not per entry."""
         return [getattr(self, name) for name in ENTRY_FIELDS]
@@ -56,36 +65,58 @@ class Entry:
         """This entry, or a ValueError naming the first field of the wrong type: a snapshot
         whose checksum holds can still come from a faulty writer, and a bad field would
         otherwise fail every later lookup instead of the load."""
-        number, optional = (int, float), (int, float, type(None))
-        kinds: dict[str, tuple[type, ...]] = {
-            "id": (int,),
-            "query": (str,),
-            "response": (str, type(None)),
-            "context_turns": (int,),
-            "context_vector": (bytes, type(None)),
-            "created_at": number,
-            "expires_at": optional,
-            "last_used_at": number,
-            "hits": (int,),
-            "right_feedback": (int,),
-            "wrong_feedback": (int,),
-            "metadata": (dict,),
-            "category": (str,),
-            "size": (int,),
-            "last_similarity": optional,
-            "last_threshold": optional,
-            "last_category": (str, type(None)),
-            "context": (str, type(None)),
-        }
-        for name, allowed in kinds.items():
+        for name, allowed in _KINDS:
             value = getattr(self, name)
-            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            if type(value) not in allowed:  # exact types, as msgpack gives them: a bool is no count
                 raise ValueError(f"entry {self.id!r}: {name} is {type(value).__name__}")
-        for name in ("id", "context_turns", "hits", "right_feedback", "wrong_feedback", "size"):
+        for name in _COUNTERS:
             # Counters go up from here and must still pack as msgpack's 64-bit ints when saved.
             if not 0 <= getattr(self, name) < 2**63:
                 raise ValueError(f"entry {self.id!r}: {name} is out of range")
+        for name in _TIMES:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # a NaN expiry would never expire
+                raise ValueError(f"entry {self.id!r}: {name} is {value}")
+        # What insert refuses, a lookup or save near this entry would fail on (the guards read
+        # its query; saves pack its metadata, hits return it).
+        if not has_visible(self.query) or _too_large(self.query):
+            raise ValueError(f"entry {self.id!r}: query is empty, invisible or too large")
+        if self.metadata:
+            try:
+                self.metadata = checked_metadata(self.metadata)
+            except InvalidInputError as exc:
+                raise ValueError(f"entry {self.id!r}: {exc}") from None
         return self
+
+
+def _too_large(text: str) -> bool:
+    """Larger than insert accepts, encoding only what could be (up to 4 bytes a character)."""
+    return len(text) > MAX_STORED_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_STORED_BYTES
+
+
+_NONE, _NUMBER = type(None), frozenset({int, float})
+_KINDS: tuple[tuple[str, frozenset[type]], ...] = (
+    ("id", frozenset({int})),
+    ("query", frozenset({str})),
+    ("response", frozenset({str, _NONE})),
+    ("context_turns", frozenset({int})),
+    ("context_vector", frozenset({bytes, _NONE})),
+    ("created_at", _NUMBER),
+    ("expires_at", _NUMBER | {_NONE}),
+    ("last_used_at", _NUMBER),
+    ("hits", frozenset({int})),
+    ("right_feedback", frozenset({int})),
+    ("wrong_feedback", frozenset({int})),
+    ("metadata", frozenset({dict})),
+    ("category", frozenset({str})),
+    ("size", frozenset({int})),
+    ("last_similarity", _NUMBER | {_NONE}),
+    ("last_threshold", _NUMBER | {_NONE}),
+    ("last_category", frozenset({str, _NONE})),
+    ("context", frozenset({str, _NONE})),
+)
+_COUNTERS = ("id", "context_turns", "hits", "right_feedback", "wrong_feedback", "size")
+_TIMES = ("created_at", "expires_at", "last_used_at", "last_similarity", "last_threshold")
 
 
 ENTRY_FIELDS = tuple(f.name for f in fields(Entry))

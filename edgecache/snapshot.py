@@ -30,6 +30,8 @@ def encode(payload: dict[str, Any]) -> bytes:
 def decode(data: bytes, fingerprint: str | None) -> dict[str, Any]:
     """The payload of a sound snapshot. `fingerprint`: the encoder/projection its vectors must
     come from; None accepts any (re-embedding reads the texts, not the vectors)."""
+    if isinstance(data, memoryview):
+        data = data.tobytes()
     if not isinstance(data, bytes | bytearray) or len(data) < _HEADER:
         raise SnapshotError("snapshot is truncated or empty")
     if data[: len(MAGIC)] != MAGIC:

@@ -19,6 +19,8 @@ _WS = re.compile(r"\s+")
 # Control and format characters (NUL, zero-width space, BOM...): a query of only these has
 # nothing to mean.
 _INVISIBLE = frozenset({"Cc", "Cf"})
+# Letters and symbols that print as blank space: the Hangul fillers and the blank braille cell.
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def as_text(value: object, what: str) -> str:
 
 def has_visible(text: str) -> bool:
     """Whether `text` holds anything but whitespace and invisible characters."""
-    return not all(ch.isspace() or unicodedata.category(ch) in _INVISIBLE for ch in text)
+    return not all(ch.isspace() or ch in _BLANK or unicodedata.category(ch) in _INVISIBLE for ch in text)
 
 
 def clean_response(value: object) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
 from .cache import SemanticCache
 from .errors import InvalidInputError
@@ -33,7 +34,8 @@ def cached(
     monitor: BackendMonitor | None = None,
     category: str | None = None,
 ):
-    """Decorate `fn(prompt, *args, context=None, **kwargs) -> str`.
+    """Decorate `fn(prompt, *args, context=None, **kwargs) -> str`, a coroutine function, or
+    a method (`self`/`cls` come before the prompt).
 
     The prompt (the first argument) and the optional `context` argument (the previous user
     turns, passed by keyword or in its place) form the cache key; other arguments are passed
@@ -52,19 +54,61 @@ def cached(
     if category is not None:
         cache.rules.check(category)
 
-    def decorate(fn: Callable[..., str]) -> Callable[..., str]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn)
-        first = next(iter(signature.parameters), None)
+        # A method's first parameter is its instance (or class), not the prompt.
+        prompt_param = next((p for p in signature.parameters.values() if p.name not in ("self", "cls")), None)
         takes_context = "context" in signature.parameters
+        label = getattr(fn, "__qualname__", fn)
 
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs) -> str:
+        def key(args: tuple, kwargs: dict) -> tuple[object, object]:
             # A call fn would refuse is refused here too, before any lookup.
             bound = signature.bind(*args, **kwargs)
-            prompt = args[0] if args else kwargs.get(first) if first is not None else None
+            prompt = None
+            if prompt_param is not None:
+                prompt = bound.arguments.get(prompt_param.name)
+                if prompt_param.kind is inspect.Parameter.VAR_POSITIONAL:
+                    prompt = prompt[0] if prompt else None
             # Read where fn itself would find it: `ask(q, ctx)` is a follow-up as much as
             # `ask(q, context=ctx)`.
             context = bound.arguments.get("context") if takes_context else kwargs.get("context")
+            return prompt, context
+
+        def record(started: float, exc: BaseException | None = None) -> None:
+            if monitor is not None:
+                monitor.record(time.monotonic() - started, *(() if exc is None else (_status_of(exc),)))
+
+        def keep(prompt: object, answer: object, context: object) -> None:
+            try:
+                cache.insert(prompt, answer, context=context, ttl_seconds=ttl_seconds, category=category)
+            except InvalidInputError as exc:
+                # The call is paid for: the caller gets its result even when it cannot be cached.
+                log.warning("result of %s not cached: %s", label, exc)
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args, **kwargs) -> Any:
+                prompt, context = key(args, kwargs)
+                # The encoder runs in a worker thread, so the event loop keeps serving meanwhile.
+                found = await asyncio.to_thread(cache.lookup, prompt, context=context, category=category)
+                if found.hit and found.response is not None:
+                    return found.response
+                started = time.monotonic()
+                try:
+                    answer = await fn(*args, **kwargs)
+                except Exception as exc:
+                    record(started, exc)
+                    raise
+                record(started)
+                await asyncio.to_thread(keep, prompt, answer, context)
+                return answer
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs) -> Any:
+            prompt, context = key(args, kwargs)
             found = cache.lookup(prompt, context=context, category=category)
             if found.hit and found.response is not None:
                 return found.response
@@ -72,16 +116,10 @@ def cached(
             try:
                 answer = fn(*args, **kwargs)
             except Exception as exc:
-                if monitor is not None:
-                    monitor.record(time.monotonic() - started, _status_of(exc))
+                record(started, exc)
                 raise
-            if monitor is not None:
-                monitor.record(time.monotonic() - started)
-            try:
-                cache.insert(prompt, answer, context=context, ttl_seconds=ttl_seconds, category=category)
-            except InvalidInputError as exc:
-                # The call is paid for: the caller gets its result even when it cannot be cached.
-                log.warning("result of %s not cached: %s", getattr(fn, "__qualname__", fn), exc)
+            record(started)
+            keep(prompt, answer, context)
             return answer
 
         return wrapper

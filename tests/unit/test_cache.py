@@ -5,6 +5,7 @@ import pytest
 
 from edgecache import (
     CacheConfig,
+    ConfigError,
     EntryNotFoundError,
     InvalidInputError,
     LocalFolderStore,
@@ -309,6 +310,57 @@ def test_nan_from_the_embedder_is_refused_and_loses_nothing(make_cache, embedder
     assert cache.lookup("what is its population", context=["tell me about france"]).entry_id == kept
 
 
+class ZeroFor:
+    """An embedder that returns a zero vector for texts holding "poison"."""
+
+    def __init__(self, embedder, dim=None):
+        self.inner, self.fingerprint = embedder, embedder.fingerprint
+        self.dim = dim or embedder.dim
+
+    def embed(self, texts):
+        out = self.inner.embed(texts)
+        vectors = out.vectors.copy()
+        vectors[[i for i, t in enumerate(texts) if "poison" in t]] = 0.0
+        return Embedded(vectors, out.truncated, out.raw)
+
+
+def test_zero_vectors_from_the_embedder_are_refused_and_leave_nothing(embedder, clock, config):
+    bodies = MemoryStore()
+    cache = SemanticCache("u", config=config, embedder=ZeroFor(embedder), clock=clock, bodies=bodies)
+    kept = cache.insert("what is its population", "68 million", context=["tell me about france"])
+    for call in (
+        lambda: cache.insert("what is the capital", "x", context=["poison"]),
+        lambda: cache.insert("poison question", "x"),
+        lambda: cache.lookup("what is its population", context=["poison japan"]),
+        lambda: cache.lookup("poison question"),
+    ):
+        with pytest.raises(InvalidInputError, match="zero"):
+            call()
+    assert len(cache) == 1 and list(bodies._data) == [f"{cache.key}.{kept}"]  # no orphaned body
+    assert cache.stats().lookups == 0  # a refused lookup is not counted
+    assert cache.lookup("what is its population", context=["tell me about france"]).entry_id == kept
+
+
+def test_an_embedder_of_the_wrong_dimension_gets_a_clear_error(make_cache, embedder):
+    cache = make_cache()
+    kept = cache.insert("keep this", "kept")
+    cache.embedder = ZeroFor(embedder, dim=embedder.dim + 1)
+    with pytest.raises(InvalidInputError, match="shape"):
+        cache.insert("another question", "x")
+    with pytest.raises(InvalidInputError, match="shape"):
+        cache.lookup("keep this")
+    cache.embedder = embedder
+    assert len(cache) == 1 and cache.lookup("keep this").entry_id == kept
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"config": {"threshold": 0.9}}, {"store": "/tmp/folder"}, {"bodies": object()}]
+)
+def test_the_cache_refuses_arguments_of_the_wrong_kind(embedder, arguments):
+    with pytest.raises(ConfigError, match=next(iter(arguments))):
+        SemanticCache("u", embedder=embedder, **arguments)
+
+
 @pytest.mark.parametrize("response", ["", "   ", "\u200b \n", None, 5])
 def test_an_empty_or_non_text_response_is_refused(make_cache, response):
     cache = make_cache()
@@ -365,7 +417,8 @@ def test_feedback_returns_a_copy(make_cache):
 
 
 @pytest.mark.parametrize(
-    ("queries", "responses"), [("ab", ["x", "y"]), (["a", "b"], "xy"), ([], ["x"]), (("a",), [])]
+    ("queries", "responses"),
+    [("ab", ["x", "y"]), (["a", "b"], "xy"), ([], ["x"]), (("a",), []), (None, []), ([], None)],
 )
 def test_insert_many_wants_lists_of_one_length(make_cache, queries, responses):
     cache = make_cache()
@@ -405,6 +458,15 @@ def test_snapshot_round_trip_through_folder_store(tmp_path, make_cache, clock):
     got = again.lookup("persist this question", context=["first turn"])
     assert got.hit and got.entry_id == eid and again.get(eid).right_feedback == 1
     assert again.insert("another one", "x") != eid  # ids are never reused
+
+
+def test_a_snapshot_restores_from_any_bytes_like_value(make_cache):
+    saved = make_cache()
+    entry_id = saved.insert("how do I enable two factor auth", "Settings > Security")
+    for data in (memoryview(saved.to_bytes()), bytearray(saved.to_bytes())):
+        loaded = make_cache()
+        loaded.restore(data)
+        assert loaded.lookup("how do I enable two factor auth").entry_id == entry_id
 
 
 def test_corrupted_snapshot_raises_and_keeps_state(tmp_path, make_cache):
@@ -541,6 +603,41 @@ def test_cached_decorator_reads_a_context_passed_in_its_place(make_cache):
     assert len(calls) == 3
 
 
+def test_cached_decorator_awaits_a_coroutine_function(make_cache):
+    import asyncio
+
+    cache = make_cache()
+    calls = []
+
+    @cached(cache)
+    async def ask(prompt, context=None):
+        calls.append(prompt)
+        await asyncio.sleep(0)
+        return f"answer to {prompt}"
+
+    async def main() -> list[str]:
+        return [await ask("what is edgecache"), await ask("What is edgecache?"), await ask("other thing")]
+
+    assert asyncio.run(main()) == ["answer to what is edgecache"] * 2 + ["answer to other thing"]
+    assert calls == ["what is edgecache", "other thing"] and len(cache) == 2
+
+
+def test_cached_decorator_on_a_method_keys_on_the_prompt_not_the_instance(make_cache):
+    cache = make_cache()
+
+    class Bot:
+        calls = 0
+
+        @cached(cache)
+        def ask(self, prompt, context=None):
+            Bot.calls += 1
+            return f"answer to {prompt}"
+
+    bot = Bot()
+    assert bot.ask("what is edgecache") == bot.ask("What is edgecache?") == "answer to what is edgecache"
+    assert Bot.calls == 1 and cache.lookup("what is edgecache").hit
+
+
 def test_cached_decorator_returns_what_it_cannot_cache(make_cache, caplog):
     cache = make_cache()
     answers = iter([None, 42, "\ud800", "fine"])
@@ -675,6 +772,9 @@ def test_a_snapshot_whose_values_cannot_be_served_or_saved_is_refused(make_cache
         ("response", None, "without a response"),  # inline bodies: a hit would serve None
         ("hits", 2**64 - 1, "hits is out of range"),  # the next hit could never be saved
         ("id", 99, "disagree"),  # an entry the index has no vector for
+        ("query", " \u200b ", "query is empty"),  # the guards read it on every lookup near it
+        ("expires_at", float("nan"), "expires_at is nan"),  # would never expire
+        ("metadata", {"x": b"\x00"}, "bytes is not a JSON value"),  # a hit could not be sent as JSON
     ):
         row = list(payload["entries"][0])
         row[fields.index(name)] = bad

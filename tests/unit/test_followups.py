@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from edgecache import Reason
 from edgecache.followups import MAX_MATCHES, FollowUpTable
 
 
@@ -40,3 +41,16 @@ def test_matches_are_capped_and_growth_keeps_rows():
     assert len(got) == MAX_MATCHES and all(i % 2 for i, _ in got)
     table.add(1, -ctx)  # re-adding replaces the row
     assert 1 not in [i for i, _ in table.matches(ctx, 0.9)]
+
+
+def test_a_standalone_question_reaches_past_follow_ups_with_its_words(make_cache):
+    """Follow-ups asking the same words in many conversations fill the nearest k; a standalone
+    lookup must still find the standalone entry behind them."""
+    cache = make_cache(top_k=4)
+    own = cache.insert("can you give me an example", "a standalone example")
+    for topic in ["decorators", "grammar", "physics", "tax law", "bread", "chess", "jazz", "rust", "tea"]:
+        cache.insert("can you give me an example", f"an example of {topic}", context=[f"explain {topic}"])
+    got = cache.lookup("can you give me an example")
+    assert got.hit and got.entry_id == own
+    cache.delete(own)
+    assert cache.lookup("can you give me an example").reason == Reason.CONTEXT_SHAPE

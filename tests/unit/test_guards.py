@@ -186,11 +186,26 @@ def test_roman_numerals_and_sentence_openings_are_read_where_they_are(query, cac
         ("Type I diabetes symptoms", "Type II diabetes symptoms"),
         ("Who succeeded Henry I?", "Who succeeded Henry II?"),
         ("Tell me about World War I", "Tell me about World War II"),
+        # Against a number written after the same word: "War I" / "War 2", "Type I" / "Type 2".
+        ("Tell me about World War I", "Tell me about World War 2"),
+        ("What is Type I diabetes?", "What is Type 2 diabetes?"),
     ],
 )
 def test_a_lone_i_after_a_name_is_one_against_a_roman_numeral(query, cached):
     assert veto(query, cached) == "numbers"
+    assert veto(cached, query) == "numbers"
     assert veto("Can I renew my visa?", "Can II renew my visa?") is None  # "Can I" is the pronoun
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("Tell me about World War I", "Tell me about World War One"),  # one number, two spellings
+        ("In Excel I want 2 columns", "In Excel I want two columns"),  # "I" not before the number
+    ],
+)
+def test_a_lone_i_is_read_as_the_same_number_or_as_the_pronoun(query, cached):
+    assert veto(query, cached) is None
 
 
 def test_a_follow_up_cached_under_a_minimal_pair_of_contexts_is_vetoed(make_cache):

@@ -65,3 +65,15 @@ def test_refused_metadata_stores_nothing_and_saves_keep_working(make_cache, tmp_
     cache.save()
     again = make_cache(store=LocalFolderStore(tmp_path))
     assert again.lookup("keep this question").metadata == {"source": "docs"}
+
+
+def test_metadata_handed_out_is_a_copy_the_cache_does_not_share(make_cache):
+    """A caller changing what a hit, get() or feedback() returned must change nothing stored:
+    an object slipped into the cache's own metadata would fail every later save."""
+    cache = make_cache()
+    entry_id = cache.insert("How do I bake bread?", "Flour", metadata={"tags": ["a"], "by": {"n": 1}})
+    cache.lookup("How do I bake bread?").metadata["tags"].append(object())
+    cache.get(entry_id).metadata["by"]["n"] = {1, 2}
+    cache.feedback(entry_id, True).metadata["tags"].append(b"x")
+    assert cache.get(entry_id).metadata == {"tags": ["a"], "by": {"n": 1}}
+    cache.save()

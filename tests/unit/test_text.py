@@ -42,7 +42,18 @@ def test_context_shapes():
 
 @pytest.mark.parametrize(
     "invisible",
-    ["\u200b", "\x00", " \u200b\ufeff\x07 ", "\u2060", "\u200b \u200b", "\x00 \x00", "\ufeff \u200b\t\u200b"],
+    [
+        *(
+            "\u200b",
+            "\x00",
+            " \u200b\ufeff\x07 ",
+            "\u2060",
+            "\u200b \u200b",
+            "\x00 \x00",
+            "\ufeff \u200b\t\u200b",
+        ),
+        *("\u3164", "\u115f \u1160", "\uffa0", "\u2800\u200b"),  # printed blank: Hangul fillers, braille
+    ],
 )
 def test_a_query_of_invisible_characters_is_empty(invisible):
     with pytest.raises(InvalidInputError, match="empty"):
