@@ -22,7 +22,7 @@ from .embedder import Embedder, shared_embedder
 from .errors import ConfigError, ConflictError, EntryNotFoundError, InvalidInputError, SnapshotError
 from .eviction import STRATEGIES
 from .followups import FollowUpTable
-from .guards import asks_another_kind, veto
+from .guards import asks_another_kind, names_a_new_turn, veto
 from .load import LoadSignal
 from .metadata import checked_metadata
 from .numbers import is_positive
@@ -109,6 +109,7 @@ class SemanticCache:
         self._vector_bytes = vector_bytes(self.embedder.dim, self.config.dtype)
         self._entries: dict[int, Entry] = {}
         self._followups = FollowUpTable(self.embedder.dim)
+        self._by_text: dict[str, int] = {}  # standalone entries by their query as written
         # Changes not yet in the stored snapshot: what a merge with another writer's
         # snapshot must re-apply (vectors kept exactly, for re-adding to the index).
         self._pending_add: dict[int, np.ndarray] = {}
@@ -217,6 +218,11 @@ class SemanticCache:
                 keys, sims = self._past_followups(vector, keys, sims, rules.thresholds(query_category))
             self._counts[query_category]["lookups"] += 1  # counted once the query proved searchable
             found = dict(zip(keys.tolist(), sims.tolist(), strict=True))
+            same = self._by_text.get(cleaned.original) if ctx is None else None
+            if same is not None and same not in found:
+                # A word-for-word repeat, which the graph search can miss among many near
+                # duplicates (more so after deletions), is always a candidate.
+                found[same] = self._index.similarities([same], vector)[0]
             if ctx is not None:
                 # Follow-ups asked in this conversation, even where entries with other contexts
                 # ("can you give me an example?" asked in many) fill the nearest k.
@@ -363,6 +369,8 @@ class SemanticCache:
         if why is None and asked_context is not None and entry.context is not None:
             if asks_another_kind(query, entry.query):
                 return "answer kind"
+            if names_a_new_turn(asked_context, entry.context):
+                return "context turn"
             why = veto(asked_context, entry.context, *self._unseen(asked_context, entry.context))
             return None if why is None else f"context {why}"
         return why
@@ -527,6 +535,8 @@ class SemanticCache:
         self._entries[entry.id] = entry
         if entry.context_vector is not None:
             self._followups.add(entry.id, _context_vector(entry))
+        else:
+            self._by_text[entry.query] = entry.id
         held = self._held[entry.category]
         held[0] += 1
         held[1] += entry.size
@@ -535,6 +545,8 @@ class SemanticCache:
         entry = self._entries.pop(entry_id)
         self._index.remove(entry_id)
         self._followups.remove(entry_id)
+        if self._by_text.get(entry.query) == entry_id:
+            del self._by_text[entry.query]
         self._pending_counts.pop(entry_id, None)
         # An entry added since the last save is in no stored snapshot, unless the save in
         # flight wrote it: then a merge with that snapshot must not bring it back.
@@ -836,6 +848,7 @@ class SemanticCache:
         self._index, self._entries = index, {}
         self._held = {name: [0, 0] for name in self.config.policy.names}
         self._followups = FollowUpTable(self.embedder.dim)
+        self._by_text = {}
         for entry in entries.values():
             self._add(entry)
 

@@ -391,6 +391,23 @@ def asks_another_kind(query: str, cached: str) -> bool:
     return a is not None and b is not None and a != b
 
 
+def names_a_new_turn(asked_context: str, cached_context: str) -> bool:
+    """Does the latest turn of one context chain (turns joined by newlines, as the cache keeps
+    them) name something the other chain never mentions? "What is its population?" after
+    "Tell me about France" / "Tell me about Germany" asks about Germany, although the two-turn
+    chain embeds at cosine 0.84 to "Tell me about France" alone. Applied only where a chain
+    holds two turns or more, so one-turn contexts that are paraphrases ("Explain relativity" /
+    "Explain Einstein's relativity") are left to the other guards."""
+    a, b = asked_context.split("\n"), cached_context.split("\n")
+    if max(len(a), len(b)) < 2 or a[-1] == b[-1]:
+        return False
+    return any(
+        not _named_in(name, signals(other).words)
+        for last, other in ((a[-1], cached_context), (b[-1], asked_context))
+        for name in signals(last).names
+    )
+
+
 def veto(
     query: str, cached: str, query_unseen: Sequence[str] = (), cached_unseen: Sequence[str] = ()
 ) -> str | None:

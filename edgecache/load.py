@@ -54,13 +54,16 @@ class LatencySignal:
     def record(self, seconds: float) -> None:
         if not (is_number(seconds) and seconds >= 0):
             raise ValueError(f"latency must be a non-negative number of seconds, got {seconds!r}")
+        # Anything past twice `overloaded` says no more than "overloaded" does; unclamped, one
+        # absurd report (a clock jump, 1e30 s) would hold the average up for hours of halvings.
+        seconds = min(float(seconds), 2 * self.overloaded)
         with self._lock:
             now = self._clock()
             if self._avg is None:
-                self._avg = float(seconds)
+                self._avg = seconds
             else:
                 keep = 0.5 ** ((now - self._at) / self.half_life)
-                self._avg = keep * self._avg + (1 - keep) * float(seconds)
+                self._avg = keep * self._avg + (1 - keep) * seconds
             self._at = now
 
     def level(self) -> float:

@@ -84,14 +84,17 @@ class CacheRegistry:
 
     def clear(self, user: str) -> str | None:
         """Empty the user's cache. A stored snapshot that cannot be read (damaged, or written
-        by another encoder) is moved to "<key>.bad", never deleted, and the user starts empty;
-        returns that key, else None."""
+        by another encoder) is moved to "<key>.bad" ("<key>.bad.2" and on when that is taken),
+        never deleted, and the user starts empty; returns that key, else None."""
         try:
             with self.use(user, mutate=True) as cache:
                 cache.clear()
             return None
         except SnapshotError as exc:
-            aside = f"{user_key(user)}.bad"
+            aside, n = f"{user_key(user)}.bad", 1
+            while self.store.get(aside) is not None:
+                n += 1
+                aside = f"{user_key(user)}.bad.{n}"
             data = self.store.get(user_key(user))
             if data is not None:
                 self.store.put(aside, data)

@@ -7,9 +7,12 @@ value the client sent. Never expose this port without such a layer in front.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from http import HTTPStatus
@@ -280,7 +283,43 @@ class Service:
         return "\n".join(lines) + "\n"
 
 
+class _Deadlines:
+    """Connections whose request must be in by a time; one thread drops those that are late
+    (a timer thread per request would cost more than the request's own work)."""
+
+    def __init__(self) -> None:
+        self._due: dict[BaseHTTPRequestHandler, float] = {}
+        self._lock = threading.Lock()
+        self._watch: threading.Thread | None = None
+
+    def arm(self, handler: BaseHTTPRequestHandler, at: float) -> None:
+        with self._lock:
+            self._due[handler] = at
+            if self._watch is None:
+                self._watch = threading.Thread(target=self._run, name="edgecache-deadlines", daemon=True)
+                self._watch.start()
+
+    def disarm(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._due.pop(handler, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.1)
+            now = time.monotonic()
+            with self._lock:
+                late = [h for h, at in self._due.items() if at <= now]
+                for handler in late:
+                    del self._due[handler]
+            for handler in late:
+                handler.dropped = True  # type: ignore[attr-defined]
+                with contextlib.suppress(OSError):  # already closed
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+
+
 def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHandler]:
+    deadlines = _Deadlines()
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgecache"
         protocol_version = "HTTP/1.1"
@@ -291,8 +330,27 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
 
+        def handle_one_request(self) -> None:
+            # The socket's timeout bounds each read of the request line and headers, not all
+            # of them: past READ_TIMEOUT_SECONDS in all the connection is dropped. The routes
+            # disarm it (a streamed answer may take longer); `_read` bounds the body.
+            self.dropped = False
+            deadlines.arm(self, time.monotonic() + READ_TIMEOUT_SECONDS)
+            try:
+                super().handle_one_request()
+            except OSError:
+                if not self.dropped:
+                    raise
+                self.close_connection = True  # its answer had nowhere to go
+            finally:
+                deadlines.disarm(self)
+
         def _reply(self, status: HTTPStatus, payload: Any, content_type: str = "application/json") -> None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            if self.request_version == "HTTP/0.9":
+                # Left so by a request line http.server could not parse: it would then write the
+                # body with no status line or headers at all.
+                self.request_version = "HTTP/1.0"
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
@@ -332,30 +390,57 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             self._reply(status, {"error": {"type": kind, "message": message}})
 
         def _body(self) -> dict:
-            length = self.headers.get("Content-Length")
-            if length is None:
+            lengths = self.headers.get_all("Content-Length") or []
+            if not lengths:
                 if self.command == "GET":
                     return {}
                 raise HttpError(HTTPStatus.LENGTH_REQUIRED, "invalid_request", "Content-Length required")
-            try:
-                size = int(length)
-            except ValueError:
-                size = -1
-            if size < 0:
+            if self.headers.get("Transfer-Encoding") is not None:
+                # Which framing a proxy in front used is unknowable: refused, not guessed.
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, "invalid_request", "both Transfer-Encoding and Content-Length"
+                )
+            # Plain digits, one value: int() would take "+48", "4_8" or " 48 ", and two differing
+            # lengths would let a proxy and this server split the stream differently.
+            if len(set(lengths)) > 1 or not lengths[0].isascii() or not lengths[0].isdigit():
                 raise HttpError(HTTPStatus.BAD_REQUEST, "invalid_request", "bad Content-Length")
+            size = int(lengths[0])
             if size > MAX_BODY_BYTES:
                 raise HttpError(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"body over {MAX_BODY_BYTES} bytes"
                 )
+            raw = self._read(size)
+            if not raw and self.command == "GET":
+                return {}
+            return json_body(raw)
+
+        def _read(self, size: int) -> bytes:
+            """The body, within READ_TIMEOUT_SECONDS in all: the socket's timeout bounds each
+            read, so a client trickling bytes would otherwise hold a thread for good."""
+            deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+            chunks, left = [], size
             try:
-                raw = self.rfile.read(size)
+                while left:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    self.connection.settimeout(remaining)
+                    chunk = self.rfile.read1(min(left, 1 << 16))
+                    if not chunk:
+                        raise HttpError(
+                            HTTPStatus.BAD_REQUEST,
+                            "invalid_request",
+                            f"the body ended after {size - left} of its {size} bytes",
+                        )
+                    chunks.append(chunk)
+                    left -= len(chunk)
             except TimeoutError:
                 raise HttpError(
                     HTTPStatus.REQUEST_TIMEOUT, "timeout", "the request body did not arrive in time"
                 ) from None
-            if not raw and self.command == "GET":
-                return {}
-            return json_body(raw)
+            finally:
+                self.connection.settimeout(self.timeout)
+            return b"".join(chunks)
 
         def _user(self) -> str:
             values = self.headers.get_all(user_header) or []
@@ -377,6 +462,7 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             return user
 
         def _dispatch(self) -> None:
+            deadlines.disarm(self)
             path = self.path.split("?", 1)[0]
             try:
                 if path == "/health" and self.command == "GET":
@@ -391,8 +477,8 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                     )
                 handler = service.routes.get((self.command, path))
                 if handler is None:
-                    known = {p for (_, p) in service.routes}
-                    if path in known or path == CHAT_PATH:
+                    known = {p for (_, p) in service.routes} | {CHAT_PATH, "/health", "/metrics"}
+                    if path in known:
                         raise HttpError(
                             HTTPStatus.METHOD_NOT_ALLOWED,
                             "method_not_allowed",

@@ -35,6 +35,21 @@ def test_insert_then_lookup_hits_own_entry(make_cache):
     assert (stats.entries, stats.lookups, stats.hits) == (2, 2, 1)
 
 
+def test_a_word_for_word_repeat_hits_even_when_the_graph_search_misses_it(make_cache):
+    cache = make_cache()
+    eid = cache.insert("shared worker 2 item 129 subject 338136", "r1")
+    near = cache.insert("shared worker 2 item 129 subject 338137", "r2")
+    found_nothing = (np.zeros(0, np.uint64), np.zeros(0, np.float32))
+    only_near = (np.array([near], np.uint64), np.array([0.95], np.float32))
+    for search_result in (found_nothing, only_near):  # what an approximate search can return
+        cache._index.search = lambda vector, k, result=search_result: result
+        got = cache.lookup("shared worker 2 item 129 subject 338136")
+        assert got.hit and got.entry_id == eid and got.similarity > 0.99
+    assert not cache.lookup("shared worker 2 item 129 subject 338136", context=["other talk"]).hit
+    cache.delete(eid)
+    assert not cache.lookup("shared worker 2 item 129 subject 338136").hit
+
+
 def test_empty_cache_misses(make_cache):
     assert make_cache().lookup("anything").reason == Reason.EMPTY
 
@@ -526,6 +541,17 @@ def test_registry_saves_evicted_and_flushes(embedder, config, tmp_path):
     assert len(SemanticCache("u1", store=store, config=config, embedder=embedder)) == 1
     assert registry.flush() == 1
     assert len(SemanticCache("u2", store=store, config=config, embedder=embedder)) == 1
+
+
+def test_clearing_a_damaged_snapshot_again_keeps_the_first_one_set_aside(embedder, config):
+    from edgecache.stores import user_key
+
+    store, key = MemoryStore(), user_key("dana")
+    for garbage in (b"first damage", b"second damage"):
+        store.put(key, garbage)
+        CacheRegistry(store, config, embedder).clear("dana")
+    assert store.get(f"{key}.bad") == b"first damage" and store.get(f"{key}.bad.2") == b"second damage"
+    assert len(SemanticCache("dana", store=store, config=config, embedder=embedder)) == 0
 
 
 def test_concurrent_inserts_and_lookups_lose_nothing(make_cache):

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from edgecache import CacheConfig, Reason
-from edgecache.guards import answer_kind, asks_another_kind, veto
+from edgecache.guards import answer_kind, asks_another_kind, names_a_new_turn, veto
 
 
 @pytest.mark.parametrize(
@@ -224,6 +224,24 @@ def test_a_follow_up_cached_under_a_minimal_pair_of_contexts_is_vetoed(make_cach
     unguarded = make_cache(context_threshold=0.5, guards=False)
     unguarded.insert("when did it end", "1918", context=["tell me about World War I"])
     assert unguarded.lookup("when did it end", context=["tell me about World War II"]).hit
+
+
+def test_a_follow_up_after_a_turn_that_names_a_new_subject_is_vetoed(make_cache):
+    """ "its" refers to the latest turn: the chain France, Germany embeds close to France alone."""
+    cache = make_cache(context_threshold=0.5)
+    eid = cache.insert("what is its population", "68 million", context=["Tell me about France"])
+    for turns in (["Tell me about France", "Tell me about Germany"], ["Tell me about France", "And Japan?"]):
+        got = cache.lookup("what is its population", context=turns)
+        assert not got.hit and got.reason == Reason.GUARDED, turns
+    # A turn that names nothing new leaves the subject where it was.
+    assert cache.lookup("what is its population", context=["Tell me about France", "thanks!"]).entry_id == eid
+    two = cache.insert("and its capital", "Berlin", context=["Tell me about France", "Tell me about Germany"])
+    assert cache.lookup("and its capital", context=["Tell me about France"]).reason == Reason.GUARDED
+    assert (
+        cache.lookup("and its capital", context=["Tell me about France", "Tell me about Germany"]).entry_id
+        == two
+    )
+    assert names_a_new_turn("Explain relativity", "Explain Einstein's relativity") is False  # one turn each
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,18 @@ def test_one_slow_call_does_not_flip_the_level():
     assert sig.level() < 0.5
 
 
+def test_an_absurd_latency_counts_as_overloaded_not_for_hours():
+    clock = Clock(0.0)
+    sig = LatencySignal(1.0, 5.0, half_life_seconds=30.0, clock=clock)
+    sig.record(1e300)
+    assert sig.level() == 1.0
+    clock.now += 120  # four half-lives of normal calls bring it back, as after any overload
+    for _ in range(60):
+        clock.now += 1
+        sig.record(1.0)
+    assert sig.level() < 0.1  # unclamped: 1.0 for ~1,000 half-lives
+
+
 def test_rate_limit_window():
     clock = Clock(0.0)
     sig = RateLimitSignal(normal_rate=0.0, overloaded_rate=0.5, window_seconds=10, clock=clock)

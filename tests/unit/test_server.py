@@ -295,6 +295,11 @@ DEEP = b'{"query": "deep", "context": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
         (b"Content-Length: -5\r\n", b"", b"400"),
         (b"Content-Length: " + str(len(DEEP)).encode() + b"\r\n", DEEP, b"400"),
         (b"X-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 2\r\n", b"{}", b"431"),
+        # A length is plain digits, given once: int() alone would take "+13" or "1_3".
+        (b"Content-Length: +13\r\n", b'{"query":"x"}', b"400"),
+        (b"Content-Length: 1_3\r\n", b'{"query":"x"}', b"400"),
+        (b"Content-Length: 13\r\nContent-Length: 99\r\n", b'{"query":"x"}', b"400"),
+        (b"Content-Length: 13\r\nTransfer-Encoding: chunked\r\n", b'{"query":"x"}', b"400"),
     ],
 )
 def test_malformed_requests_get_json_4xx(server, head, body, status):
@@ -304,6 +309,69 @@ def test_malformed_requests_get_json_4xx(server, head, body, status):
     assert b'"error"' in reply and b"application/json" in reply
     reply = raw_request(server, b"PATCH /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 501") and b'"method_not_allowed"' in reply
+
+
+def test_a_body_cut_short_is_refused_not_read_as_complete(server):
+    import socket
+
+    body = b'{"query": "a whole question"}'
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nX-Edgecache-User: alice\r\n"
+            b"Content-Length: " + str(len(body) + 50).encode() + b"\r\n\r\n" + body
+        )
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400") and b"ended after" in reply
+
+
+def test_a_request_line_http_server_cannot_parse_still_gets_a_status_line(server):
+    for request in (b"HELLO\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        reply = raw_request(server, request)
+        assert reply.split(b" ", 1)[0] in (b"HTTP/1.0", b"HTTP/1.1") and b'"error"' in reply, reply[:200]
+
+
+def test_a_wrong_method_on_health_or_metrics_is_405(server):
+    for path in ("/health", "/metrics"):
+        status, out = call(server, "POST", path, {})
+        assert status == 405 and out["error"]["type"] == "method_not_allowed"
+
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(tmp_path, embedder, config, monkeypatch):
+    import select
+    import socket
+    import time
+
+    import edgecache.server as server_module
+
+    monkeypatch.setattr(server_module, "READ_TIMEOUT_SECONDS", 1.0)
+    srv = CacheServer(CacheRegistry(LocalFolderStore(tmp_path), config, embedder), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    head = b"POST /v1/lookup HTTP/1.1\r\nX-Edgecache-User: a\r\nContent-Length: 40\r\n\r\n"
+    try:
+        for start, trickled in ((head, b'{"query": "' + b"x" * 27 + b'"}'), (b"", head)):
+            with socket.create_connection(srv.address, timeout=10) as sock:
+                began = time.monotonic()
+                sock.sendall(start)
+                reply = b""
+                try:
+                    for i in range(len(trickled)):  # one byte per 0.2 s: each read is in time
+                        sock.sendall(trickled[i : i + 1])
+                        if select.select([sock], [], [], 0.2)[0]:
+                            break  # answered (or dropped) before the request was complete
+                    while chunk := sock.recv(65536):
+                        reply += chunk
+                except OSError:
+                    pass  # dropped while still sending
+                assert time.monotonic() - began < 4
+            # A trickled body gets its 408; trickled headers are dropped without a reply.
+            assert reply.startswith(b"HTTP/1.1 408") if start else not reply.startswith(b"HTTP/1.1 200")
+    finally:
+        srv.shutdown()
+        thread.join(timeout=5)
 
 
 def test_a_client_that_stops_sending_is_timed_out(tmp_path, embedder, config, monkeypatch):
