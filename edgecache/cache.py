@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -365,7 +366,7 @@ class SemanticCache:
     def _guard(self, query: str, entry: Entry, asked_context: str | None) -> str | None:
         """Why the guards veto this entry for the query: its text, or its context chain's (a
         follow-up cached after "World War I" must not answer one asked after "World War II")."""
-        why = veto(query, entry.query, *self._unseen(query, clean_query(entry.query).normalized))
+        why = veto(query, entry.query, *self._unseen(query, _normalized(entry.query)))
         if why is None and asked_context is not None and entry.context is not None:
             if asks_another_kind(query, entry.query):
                 return "answer kind"
@@ -851,6 +852,13 @@ class SemanticCache:
         self._by_text = {}
         for entry in entries.values():
             self._add(entry)
+
+
+@lru_cache(maxsize=256)
+def _normalized(query: str) -> str:
+    """A stored query as the encoder reads it; remembered, since the guards read it on every
+    lookup near it and normalizing a query of megabytes takes a good part of a second."""
+    return clean_query(query).normalized
 
 
 def _context_vector(entry: Entry) -> np.ndarray:

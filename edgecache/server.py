@@ -357,7 +357,8 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":  # a reply to HEAD carries headers only
+                self.wfile.write(data)
 
         def _send(self, reply: Reply) -> None:
             self.send_response(reply.status)

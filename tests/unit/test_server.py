@@ -333,6 +333,12 @@ def test_a_request_line_http_server_cannot_parse_still_gets_a_status_line(server
         assert reply.split(b" ", 1)[0] in (b"HTTP/1.0", b"HTTP/1.1") and b'"error"' in reply, reply[:200]
 
 
+def test_a_reply_to_head_carries_no_body(server):
+    reply = raw_request(server, b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501") and body == b""
+
+
 def test_a_wrong_method_on_health_or_metrics_is_405(server):
     for path in ("/health", "/metrics"):
         status, out = call(server, "POST", path, {})
