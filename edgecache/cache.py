@@ -29,7 +29,7 @@ from .metadata import checked_metadata
 from .numbers import is_positive
 from .results import ENTRY_FIELDS, CacheStats, Entry, InsertResult, LookupResult
 from .stores import WRITE_ATTEMPTS, MemoryStore, Store, VersionedStore, backoff, check_user, user_key
-from .text import CleanText, clean_context, clean_query, clean_response
+from .text import MAX_ENCODED_CHARS, CleanText, clean_context, clean_query, clean_response
 from .vectorindex import VectorIndex, all_finite, checked_vectors, vector_bytes
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ def guarded_context(turns: list[CleanText], keep: int) -> str | None:
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
 # Texts per encoder call when inserting; each text still gets its own graph run (Encoder).
 INSERT_BATCH = 64
+# How far a standalone lookup searches past follow-ups that share its words.
+MAX_REACH = 256
 
 
 def _headroom(limit: int | None) -> int:
@@ -110,7 +112,7 @@ class SemanticCache:
         self._vector_bytes = vector_bytes(self.embedder.dim, self.config.dtype)
         self._entries: dict[int, Entry] = {}
         self._followups = FollowUpTable(self.embedder.dim)
-        self._by_text: dict[str, int] = {}  # standalone entries by their query as written
+        self._by_text: dict[str, list[int]] = {}  # standalone entries by their query as written
         # Changes not yet in the stored snapshot: what a merge with another writer's
         # snapshot must re-apply (vectors kept exactly, for re-adding to the index).
         self._pending_add: dict[int, np.ndarray] = {}
@@ -219,11 +221,11 @@ class SemanticCache:
                 keys, sims = self._past_followups(vector, keys, sims, rules.thresholds(query_category))
             self._counts[query_category]["lookups"] += 1  # counted once the query proved searchable
             found = dict(zip(keys.tolist(), sims.tolist(), strict=True))
-            same = self._by_text.get(cleaned.original) if ctx is None else None
-            if same is not None and same not in found:
+            if ctx is None and cleaned.original in self._by_text:
                 # A word-for-word repeat, which the graph search can miss among many near
                 # duplicates (more so after deletions), is always a candidate.
-                found[same] = self._index.similarities([same], vector)[0]
+                same = [i for i in self._by_text[cleaned.original] if i not in found]
+                found.update(zip(same, self._index.similarities(same, vector), strict=True))
             if ctx is not None:
                 # Follow-ups asked in this conversation, even where entries with other contexts
                 # ("can you give me an example?" asked in many) fill the nearest k.
@@ -306,14 +308,15 @@ class SemanticCache:
         A standalone query is answered by standalone entries only. When follow-ups with its
         words ("can you give me an example?", cached in many conversations) fill all of the
         nearest k at or above the threshold, its own entry lies further out: the search
-        widens until a standalone entry or a similarity below the threshold comes back.
+        widens until a standalone entry or a similarity below the threshold comes back, up
+        to MAX_REACH entries (a word-for-word repeat is found beyond that by its text).
         """
         k = len(keys)
         while (
             k
             and len(keys) == k
             and sims[-1] >= rule.similarity
-            and k < len(self._index)
+            and k < min(len(self._index), MAX_REACH)
             and all(e is None or e.context_vector is not None for e in map(self._entries.get, keys.tolist()))
         ):
             k *= 4
@@ -537,7 +540,7 @@ class SemanticCache:
         if entry.context_vector is not None:
             self._followups.add(entry.id, _context_vector(entry))
         else:
-            self._by_text[entry.query] = entry.id
+            self._by_text.setdefault(entry.query, []).append(entry.id)
         held = self._held[entry.category]
         held[0] += 1
         held[1] += entry.size
@@ -546,8 +549,11 @@ class SemanticCache:
         entry = self._entries.pop(entry_id)
         self._index.remove(entry_id)
         self._followups.remove(entry_id)
-        if self._by_text.get(entry.query) == entry_id:
-            del self._by_text[entry.query]
+        same = self._by_text.get(entry.query)
+        if same is not None and entry_id in same:
+            same.remove(entry_id)
+            if not same:
+                del self._by_text[entry.query]
         self._pending_counts.pop(entry_id, None)
         # An entry added since the last save is in no stored snapshot, unless the save in
         # flight wrote it: then a merge with that snapshot must not bring it back.
@@ -854,11 +860,21 @@ class SemanticCache:
             self._add(entry)
 
 
-@lru_cache(maxsize=256)
 def _normalized(query: str) -> str:
-    """A stored query as the encoder reads it; remembered, since the guards read it on every
-    lookup near it and normalizing a query of megabytes takes a good part of a second."""
-    return clean_query(query).normalized
+    """The start of a stored query as the encoder reads it (what the guards compare)."""
+    # The encoder reads at most MAX_ENCODED_CHARS after whitespace is collapsed: normalizing a
+    # stored query of megabytes in full took a good part of a second on every lookup near it.
+    return _normalized_start(query[: 4 * MAX_ENCODED_CHARS])
+
+
+@lru_cache(maxsize=64)
+def _normalized_start(text: str) -> str:
+    try:
+        return clean_query(text).normalized
+    except InvalidInputError:
+        # A snapshot's query that insert would refuse now (written by an older release, whose
+        # idea of blank was narrower): compared as written rather than failing the lookup.
+        return text
 
 
 def _context_vector(entry: Entry) -> np.ndarray:

@@ -92,13 +92,13 @@ class Signals:
     # Per pair of opposites (index into _OPPOSITES): 1 = left side present, 2 = right, 3 = both.
     polar: tuple[tuple[int, int], ...] = ()
     # The same readings with a lone "I" after a name read as 1 ("World War I"): used only
-    # against a text that writes a Roman numeral of two letters or more, or a number after
-    # the word before the "I" ("World War 2", "Type 2"), since elsewhere the "I" is far
-    # likelier the pronoun ("In Excel I want ...").
+    # against a text that writes a Roman numeral of two letters or more, or a number between
+    # the same two words as the "I" ("World War 2", "Type 2 diabetes"), since elsewhere the
+    # "I" is far likelier the pronoun ("In Excel I want ...", "In Excel 365 I want ...").
     numbers_lone_i: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     roman: bool = False  # holds a Roman numeral of two letters or more ("II", "XIV")
-    lone_i_after: frozenset[str] = frozenset()  # the words before a lone "I" that may be 1
-    numbered_after: frozenset[str] = frozenset()  # the words right before a number
+    lone_i_slots: frozenset[tuple[str, str]] = frozenset()  # the words around a lone "I" that may be 1
+    number_slots: frozenset[tuple[str, str]] = frozenset()  # the words around each number
 
 
 @lru_cache(maxsize=8192)
@@ -122,11 +122,11 @@ def signals(text: str) -> Signals:
         numbers=(_numbers(tokens, lower, True, False), _numbers(tokens, lower, False, False)),
         numbers_lone_i=(_numbers(tokens, lower, True, True), _numbers(tokens, lower, False, True)),
         roman=any(len(t) > 1 and _ROMAN.fullmatch(t) for t in tokens),
-        lone_i_after=frozenset(
-            lower[i - 1] for i, t in enumerate(tokens) if t == "I" and _is_roman(tokens, i, True)
+        lone_i_slots=frozenset(
+            _between(lower, i) for i, t in enumerate(tokens) if t == "I" and _is_roman(tokens, i, True)
         ),
-        numbered_after=frozenset(
-            lower[i - 1]
+        number_slots=frozenset(
+            _between(lower, i)
             for i in range(1, len(tokens))
             if tokens[i][0].isdigit() or lower[i] in _NUMBER_WORDS or _is_roman(tokens, i, False)
         ),
@@ -136,6 +136,11 @@ def signals(text: str) -> Signals:
         tokens=tuple(lower),
         polar=tuple(polar.items()),
     )
+
+
+def _between(lower: list[str], i: int) -> tuple[str, str]:
+    """The words before and after token i ("" past the end)."""
+    return lower[i - 1], lower[i + 1] if i + 1 < len(lower) else ""
 
 
 def _opens_sentence(text: str) -> list[bool]:
@@ -423,8 +428,8 @@ def veto(
     # A number changed, not merely added or moved: "the first 20 numbers" and "the first 20
     # numbers (1 to 20)" ask the same, and so do "the 2016 or 2015 model" and "the 2015 model or
     # the 2016 model"; "in 5 minutes" and "in 10 minutes" do not.
-    a_numbers = a.numbers_lone_i if b.roman or a.lone_i_after & b.numbered_after else a.numbers
-    b_numbers = b.numbers_lone_i if a.roman or b.lone_i_after & a.numbered_after else b.numbers
+    a_numbers = a.numbers_lone_i if b.roman or a.lone_i_slots & b.number_slots else a.numbers
+    b_numbers = b.numbers_lone_i if a.roman or b.lone_i_slots & a.number_slots else b.numbers
     if all(map(_number_changed, a_numbers, b_numbers)):
         written = frozenset(w for w in a.words | b.words if w[0].isdigit() or _ROMAN.fullmatch(w.upper()))
         if _overlap(a, b, written | _NUMBER_WORDS.keys() | _MAGNITUDES.keys()) >= MINIMAL_PAIR_OVERLAP:

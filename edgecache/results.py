@@ -10,7 +10,6 @@ from typing import Any
 from .decision import Reason
 from .errors import InvalidInputError
 from .metadata import checked_metadata
-from .text import MAX_STORED_BYTES, has_visible
 
 
 @dataclass
@@ -77,21 +76,14 @@ class Entry:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):  # a NaN expiry would never expire
                 raise ValueError(f"entry {self.id!r}: {name} is {value}")
-        # What insert refuses, a lookup or save near this entry would fail on (the guards read
-        # its query; saves pack its metadata, hits return it).
-        if not has_visible(self.query) or _too_large(self.query):
-            raise ValueError(f"entry {self.id!r}: query is empty, invisible or too large")
+        # Metadata insert refuses would fail every later save or hit (saves pack it, hits
+        # return it as JSON).
         if self.metadata:
             try:
                 self.metadata = checked_metadata(self.metadata)
             except InvalidInputError as exc:
                 raise ValueError(f"entry {self.id!r}: {exc}") from None
         return self
-
-
-def _too_large(text: str) -> bool:
-    """Larger than insert accepts, encoding only what could be (up to 4 bytes a character)."""
-    return len(text) > MAX_STORED_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_STORED_BYTES
 
 
 _NONE, _NUMBER = type(None), frozenset({int, float})

@@ -202,6 +202,10 @@ def test_a_lone_i_after_a_name_is_one_against_a_roman_numeral(query, cached):
     [
         ("Tell me about World War I", "Tell me about World War One"),  # one number, two spellings
         ("In Excel I want 2 columns", "In Excel I want two columns"),  # "I" not before the number
+        # The pronoun after a name the other text numbers: not between the same two words.
+        ("In Excel I want to make a pivot chart", "In Excel 365 I want to make a pivot chart"),
+        ("In Python I want to read a file", "In Python 3 I want to read a file"),
+        ("With Windows I cannot connect to wifi", "With Windows 10 I cannot connect to wifi"),
     ],
 )
 def test_a_lone_i_is_read_as_the_same_number_or_as_the_pronoun(query, cached):

@@ -311,6 +311,41 @@ def test_malformed_requests_get_json_4xx(server, head, body, status):
     assert reply.startswith(b"HTTP/1.1 501") and b'"method_not_allowed"' in reply
 
 
+def test_framing_a_proxy_could_read_otherwise_is_refused_and_plain_framing_taken(server):
+    get = b"GET /v1/stats HTTP/1.1\r\nHost: x\r\nX-Edgecache-User: alice\r\n"
+    reply = raw_request(server, get + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 411") and reply.count(b"HTTP/1.1") == 1  # the chunks are no request
+    body = b'{"query":"x"}'
+    post = b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nX-Edgecache-User: alice\r\nConnection: close\r\n"
+    reply = raw_request(server, post + b"Content-Length: 13 \r\n\r\n" + body)  # whitespace is no part of it
+    assert reply.startswith(b"HTTP/1.1 200")
+
+
+def test_a_kept_alive_connection_may_idle_before_its_next_request(tmp_path, embedder, config, monkeypatch):
+    import socket
+    import time
+
+    import edgecache.server as server_module
+
+    monkeypatch.setattr(server_module, "READ_TIMEOUT_SECONDS", 1.0)
+    srv = CacheServer(CacheRegistry(LocalFolderStore(tmp_path), config, embedder), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        with socket.create_connection(srv.address, timeout=10) as sock:
+            for _ in range(2):
+                time.sleep(0.6)  # idle, then the request's bytes 0.6 s apart: 1.2 s in all
+                sock.sendall(request[:10])
+                time.sleep(0.6)
+                sock.sendall(request[10:])
+                reply = sock.recv(65536)
+                assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
+    finally:
+        srv.shutdown()
+        thread.join(timeout=5)
+
+
 def test_a_body_cut_short_is_refused_not_read_as_complete(server):
     import socket
 
