@@ -11,15 +11,27 @@ from edgecache.registry import CacheRegistry
 from edgecache.server import CacheServer
 
 
-@pytest.fixture
-def server(tmp_path, embedder, config):
-    registry = CacheRegistry(LocalFolderStore(tmp_path), config, embedder)
-    srv = CacheServer(registry, "127.0.0.1", 0, flush_seconds=0.05)
+def serving(registry, **options):
+    srv = CacheServer(registry, "127.0.0.1", 0, **options)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(tmp_path, embedder, config):
+    yield from serving(CacheRegistry(LocalFolderStore(tmp_path), config, embedder), flush_seconds=0.05)
+
+
+@pytest.fixture
+def hurried_server(tmp_path, embedder, config, monkeypatch):
+    """A server that gives a request 1 s to arrive instead of 30."""
+    import edgecache.server as server_module
+
+    monkeypatch.setattr(server_module, "READ_TIMEOUT_SECONDS", 1.0)
+    yield from serving(CacheRegistry(LocalFolderStore(tmp_path), config, embedder))
 
 
 def call(srv, method, path, body=None, user="alice", raw=None, headers=None):
@@ -321,29 +333,19 @@ def test_framing_a_proxy_could_read_otherwise_is_refused_and_plain_framing_taken
     assert reply.startswith(b"HTTP/1.1 200")
 
 
-def test_a_kept_alive_connection_may_idle_before_its_next_request(tmp_path, embedder, config, monkeypatch):
+def test_a_kept_alive_connection_may_idle_before_its_next_request(hurried_server):
     import socket
     import time
 
-    import edgecache.server as server_module
-
-    monkeypatch.setattr(server_module, "READ_TIMEOUT_SECONDS", 1.0)
-    srv = CacheServer(CacheRegistry(LocalFolderStore(tmp_path), config, embedder), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
     request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    try:
-        with socket.create_connection(srv.address, timeout=10) as sock:
-            for _ in range(2):
-                time.sleep(0.6)  # idle, then the request's bytes 0.6 s apart: 1.2 s in all
-                sock.sendall(request[:10])
-                time.sleep(0.6)
-                sock.sendall(request[10:])
-                reply = sock.recv(65536)
-                assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
-    finally:
-        srv.shutdown()
-        thread.join(timeout=5)
+    with socket.create_connection(hurried_server.address, timeout=10) as sock:
+        for _ in range(2):
+            time.sleep(0.6)  # idle, then the request's bytes 0.6 s apart: 1.2 s in all
+            sock.sendall(request[:10])
+            time.sleep(0.6)
+            sock.sendall(request[10:])
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
 
 
 def test_a_body_cut_short_is_refused_not_read_as_complete(server):
@@ -380,63 +382,43 @@ def test_a_wrong_method_on_health_or_metrics_is_405(server):
         assert status == 405 and out["error"]["type"] == "method_not_allowed"
 
 
-def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(tmp_path, embedder, config, monkeypatch):
+def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(hurried_server):
     import select
     import socket
     import time
 
-    import edgecache.server as server_module
-
-    monkeypatch.setattr(server_module, "READ_TIMEOUT_SECONDS", 1.0)
-    srv = CacheServer(CacheRegistry(LocalFolderStore(tmp_path), config, embedder), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
     head = b"POST /v1/lookup HTTP/1.1\r\nX-Edgecache-User: a\r\nContent-Length: 40\r\n\r\n"
-    try:
-        for start, trickled in ((head, b'{"query": "' + b"x" * 27 + b'"}'), (b"", head)):
-            with socket.create_connection(srv.address, timeout=10) as sock:
-                began = time.monotonic()
-                sock.sendall(start)
-                reply = b""
-                try:
-                    for i in range(len(trickled)):  # one byte per 0.2 s: each read is in time
-                        sock.sendall(trickled[i : i + 1])
-                        if select.select([sock], [], [], 0.2)[0]:
-                            break  # answered (or dropped) before the request was complete
-                    while chunk := sock.recv(65536):
-                        reply += chunk
-                except OSError:
-                    pass  # dropped while still sending
-                assert time.monotonic() - began < 4
-            # A trickled body gets its 408; trickled headers are dropped without a reply.
-            assert reply.startswith(b"HTTP/1.1 408") if start else not reply.startswith(b"HTTP/1.1 200")
-    finally:
-        srv.shutdown()
-        thread.join(timeout=5)
+    for start, trickled in ((head, b'{"query": "' + b"x" * 27 + b'"}'), (b"", head)):
+        with socket.create_connection(hurried_server.address, timeout=10) as sock:
+            began = time.monotonic()
+            sock.sendall(start)
+            reply = b""
+            try:
+                for i in range(len(trickled)):  # one byte per 0.2 s: each read is in time
+                    sock.sendall(trickled[i : i + 1])
+                    if select.select([sock], [], [], 0.2)[0]:
+                        break  # answered (or dropped) before the request was complete
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            except OSError:
+                pass  # dropped while still sending
+            assert time.monotonic() - began < 4
+        # A trickled body gets its 408; trickled headers are dropped without a reply.
+        assert reply.startswith(b"HTTP/1.1 408") if start else not reply.startswith(b"HTTP/1.1 200")
 
 
-def test_a_client_that_stops_sending_is_timed_out(tmp_path, embedder, config, monkeypatch):
+def test_a_client_that_stops_sending_is_timed_out(hurried_server):
     import socket
     import time
 
-    import edgecache.server as server_module
-
-    monkeypatch.setattr(server_module, "READ_TIMEOUT_SECONDS", 0.5)
-    srv = CacheServer(CacheRegistry(LocalFolderStore(tmp_path), config, embedder), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with socket.create_connection(srv.address, timeout=10) as sock:
-            started = time.monotonic()
-            sock.sendall(b"POST /v1/lookup HTTP/1.1\r\nX-Edgecache-User: a\r\nContent-Length: 100\r\n\r\n{")
-            reply = b""
-            while chunk := sock.recv(65536):
-                reply += chunk
-            assert time.monotonic() - started < 5
-        assert reply.startswith(b"HTTP/1.1 408") and b'"timeout"' in reply
-    finally:
-        srv.shutdown()
-        thread.join(timeout=5)
+    with socket.create_connection(hurried_server.address, timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /v1/lookup HTTP/1.1\r\nX-Edgecache-User: a\r\nContent-Length: 100\r\n\r\n{")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        assert time.monotonic() - started < 5
+    assert reply.startswith(b"HTTP/1.1 408") and b'"timeout"' in reply
 
 
 def test_clear_sets_an_unreadable_snapshot_aside(server, tmp_path):
