@@ -187,9 +187,9 @@ class SemanticCache:
             # A NaN context vector would compare as neither above nor below any threshold.
             raise InvalidInputError("the embedder returned NaN or infinite values")
         n = len(queries)
-        if contexts and not (allv[n:] * allv[n:]).sum(axis=1).all():
+        if contexts:
             # The index checks query vectors; a zero context vector would match no context.
-            raise InvalidInputError("the embedder returned a zero vector for a context chain")
+            checked_vectors(allv[n:], self.embedder.dim)
         ctx = dict(zip(contexts, allv[n:], strict=True))
         ctx_truncated = dict(zip(contexts, truncated[n:], strict=True))
         keep = self.config.context_turns
@@ -218,7 +218,8 @@ class SemanticCache:
         with self._lock:
             keys, sims = self._index.search(vector, self.config.top_k)
             if ctx is None:
-                keys, sims = self._past_followups(vector, keys, sims, rules.thresholds(query_category))
+                floor = rules.thresholds(query_category).similarity
+                keys, sims = self._past_followups(vector, keys, sims, floor)
             self._counts[query_category]["lookups"] += 1  # counted once the query proved searchable
             found = dict(zip(keys.tolist(), sims.tolist(), strict=True))
             if ctx is None and cleaned.original in self._by_text:
@@ -301,7 +302,7 @@ class SemanticCache:
         )
 
     def _past_followups(
-        self, vector: np.ndarray, keys: np.ndarray, sims: np.ndarray, rule: Thresholds
+        self, vector: np.ndarray, keys: np.ndarray, sims: np.ndarray, threshold: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """The nearest entries, reaching past follow-ups for a standalone lookup (lock held).
 
@@ -315,7 +316,7 @@ class SemanticCache:
         while (
             k
             and len(keys) == k
-            and sims[-1] >= rule.similarity
+            and sims[-1] >= threshold
             and k < min(len(self._index), MAX_REACH)
             and all(e is None or e.context_vector is not None for e in map(self._entries.get, keys.tolist()))
         ):
