@@ -14,9 +14,9 @@ from .cache import COUNTERS, SemanticCache
 from .calibration import OnlineCalibrator
 from .config import CacheConfig
 from .embedder import Embedder
-from .errors import SnapshotError
+from .errors import ConflictError, SnapshotError
 from .load import LoadSignal
-from .stores import Store, check_user, user_key
+from .stores import Store, VersionedStore, check_user, user_key
 
 log = logging.getLogger("edgecache")
 
@@ -91,18 +91,39 @@ class CacheRegistry:
                 cache.clear()
             return None
         except SnapshotError as exc:
-            aside, n = f"{user_key(user)}.bad", 1
-            while self.store.get(aside) is not None:
-                n += 1
-                aside = f"{user_key(user)}.bad.{n}"
-            data = self.store.get(user_key(user))
-            if data is not None:
-                self.store.put(aside, data)
-                self.store.delete(user_key(user))
-            log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", exc, aside)
+            # One set-aside per user at a time in this process: a second clear racing the
+            # first finds the damaged snapshot already moved and moves nothing.
+            with self._load_lock(user):
+                data = self.store.get(user_key(user))
+                aside = self._set_aside(user, data) if data is not None else None
+            if aside is not None:
+                log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", exc, aside)
         with self.use(user, mutate=True) as cache:
             cache.clear()
-        return aside if data is not None else None
+        return aside
+
+    def _set_aside(self, user: str, data: bytes) -> str:
+        """Copy a damaged snapshot to the first free "<key>.bad[.n]", then delete it. Where the
+        store has conditional writes the name is claimed by a create-only write, so another
+        process clearing the same user cannot overwrite what this one kept."""
+        base, n = f"{user_key(user)}.bad", 1
+        while True:
+            aside = base if n == 1 else f"{base}.{n}"
+            n += 1
+            if isinstance(self.store, VersionedStore):
+                try:
+                    self.store.put_if(aside, data, expected=None)
+                except ConflictError:
+                    continue
+                break
+            if self.store.get(aside) is None:
+                self.store.put(aside, data)
+                break
+        self.store.delete(user_key(user))
+        return aside
+
+    def _load_lock(self, user: str) -> threading.Lock:
+        return self._load_locks[hash(user) % len(self._load_locks)]
 
     def _get(self, user: str) -> SemanticCache:
         check_user(user)
@@ -110,7 +131,7 @@ class CacheRegistry:
         if cache is None:
             # One load of a user at a time: a load begun before another request's copy of the
             # user was installed, changed, evicted and saved would install a stale snapshot.
-            with self._load_locks[hash(user) % len(self._load_locks)]:
+            with self._load_lock(user):
                 cache = self._pin_held(user)
                 if cache is None:
                     # Reading a snapshot takes a while: not under the registry lock.

@@ -556,6 +556,37 @@ def test_clearing_a_damaged_snapshot_again_keeps_the_first_one_set_aside(embedde
     assert len(SemanticCache("dana", store=store, config=config, embedder=embedder)) == 0
 
 
+def test_concurrent_clears_of_a_damaged_snapshot_set_it_aside_once(embedder, config):
+    from edgecache.stores import user_key
+
+    store, key = MemoryStore(), user_key("dana")
+    store.put(key, b"damage")
+    registry, results = CacheRegistry(store, config, embedder), []
+    errors = run_in_threads(lambda: results.append(registry.clear("dana")), [() for _ in range(8)])
+    assert not errors
+    assert sorted(map(str, results)) == [f"{key}.bad"] + ["None"] * 7
+    assert store.get(f"{key}.bad") == b"damage" and store.get(f"{key}.bad.2") is None
+
+
+def test_clear_never_overwrites_a_set_aside_snapshot_another_process_just_wrote(embedder, config):
+    from edgecache.stores import user_key
+
+    key = user_key("dana")
+
+    class BlindStore(MemoryStore):
+        """Reads "<key>.bad" as absent, as a process does that looked just before another wrote it."""
+
+        def get(self, k):
+            return None if k == f"{key}.bad" else super().get(k)
+
+    store = BlindStore()
+    store.put(f"{key}.bad", b"kept by the other process")
+    store.put(key, b"damage")
+    assert CacheRegistry(store, config, embedder).clear("dana") == f"{key}.bad.2"
+    assert super(BlindStore, store).get(f"{key}.bad") == b"kept by the other process"
+    assert store.get(f"{key}.bad.2") == b"damage"
+
+
 def test_concurrent_inserts_and_lookups_lose_nothing(make_cache):
     cache = make_cache()
 
