@@ -36,19 +36,14 @@ if TYPE_CHECKING:
     from .calibration import OnlineCalibrator
 
 
-def context_text(turns: list[str], keep: int) -> str:
-    """The context chain as the encoder sees it: the last `keep` user turns, oldest first."""
-    return "\n".join(turns[-keep:])
+def context_text(turns: list[str]) -> str:
+    """The context chain as the encoder and the guards read it: user turns, oldest first."""
+    return "\n".join(turns)
 
 
 # What an entry keeps of its context's text for the guards: about what the encoder reads of it
 # (256 tokens), not the up to 2 x 32k characters a chain may hold.
 CONTEXT_GUARD_CHARS = 2048
-
-
-def guarded_context(turns: list[CleanText], keep: int) -> str | None:
-    """The start of a context chain's text, as entries store it and lookups compare it."""
-    return context_text([t.normalized for t in turns], keep)[:CONTEXT_GUARD_CHARS] if turns else None
 
 
 COUNTERS = ("lookups", "hits", "inserts", "wrong_feedback", "right_feedback", "evictions", "expired")
@@ -149,21 +144,59 @@ class SemanticCache:
 
     def _embed(
         self, queries: list[CleanText], turns: list[list[CleanText]], batch_size: int = 64
-    ) -> tuple[np.ndarray, dict[int, np.ndarray], list[bool], np.ndarray]:
+    ) -> tuple[np.ndarray, dict[int, np.ndarray], list[bool], np.ndarray, dict[int, str]]:
         """Index vectors (the query alone), context-chain vectors by position, truncation
-        flags, and the vectors the category classifier reads (see Embedded.raw).
+        flags, the vectors the category classifier reads (see Embedded.raw), and by position
+        the start of the context chain's text that the guards compare (`CONTEXT_GUARD_CHARS`).
 
         Measured on MeanCache's contextual data: indexing a follow-up by the joint text of
         context + query lets a shared context swamp the question ("when was it signed" hit
         "when was it completed"), so the query and its context are embedded and checked apart.
         """
-        contexts = {
-            i: context_text([t.normalized for t in ts], self.config.context_turns)
-            for i, ts in enumerate(turns)
-            if ts
-        }
         texts = [q.normalized for q in queries]
-        texts += list(contexts.values())
+        queryv, rawv, truncated = self._vectors(texts, batch_size)
+        chains, ctx, ctx_truncated = self._context_vectors(turns, batch_size)
+        # Only what the encoder reads counts: the query, and the turns its context chain kept.
+        flags = [q.clipped or truncated[i] or ctx_truncated.get(i, False) for i, q in enumerate(queries)]
+        guarded = {i: context_text(chain)[:CONTEXT_GUARD_CHARS] for i, chain in chains.items()}
+        return queryv, ctx, flags, rawv, guarded
+
+    def _context_vectors(
+        self, turns: list[list[CleanText]], batch_size: int
+    ) -> tuple[dict[int, list[str]], dict[int, np.ndarray], dict[int, bool]]:
+        """By position: the turns each context chain keeps, its vector, and whether anything
+        the chain was given went unread.
+
+        A chain is its last `context_turns` turns, less its oldest turns while the encoder
+        would truncate it: the encoder reads a text from its start, so a long earlier turn (a
+        pasted report) would hide the latest one, and "What is its population?" after the
+        report and "Tell me about Germany" would get the answer cached after the report and
+        "Tell me about France". The latest turn is always kept."""
+        keep = self.config.context_turns
+        given = {i: ts[-keep:] for i, ts in enumerate(turns) if ts}
+        chains = {i: [t.normalized for t in ts] for i, ts in given.items()}
+        vectors: dict[int, np.ndarray] = {}
+        cut: dict[int, bool] = {}
+        todo = list(chains)
+        while todo:
+            allv, _, truncated = self._vectors([context_text(chains[i]) for i in todo], batch_size)
+            # The index checks query vectors; a zero context vector would match no context.
+            checked_vectors(allv, self.embedder.dim)
+            again = []
+            for i, v, t in zip(todo, allv, truncated, strict=True):
+                vectors[i] = v
+                if t and len(chains[i]) > 1:
+                    chains[i] = chains[i][1:]
+                    cut[i] = True
+                    again.append(i)
+                else:
+                    cut[i] = cut.get(i, False) or t or any(x.clipped for x in given[i][-len(chains[i]) :])
+            todo = again
+        return chains, vectors, cut
+
+    def _vectors(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        """The embedder's vectors, its raw vectors (its own where it has none) and truncation
+        flags, for texts in batches; refused when not of the declared shape or not finite."""
         # Filled by slices, batch by batch: a bulk insert holds its vectors once, not twice.
         allv = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
         rawv: np.ndarray | None = None
@@ -186,19 +219,7 @@ class SemanticCache:
         if not all_finite(allv):
             # A NaN context vector would compare as neither above nor below any threshold.
             raise InvalidInputError("the embedder returned NaN or infinite values")
-        n = len(queries)
-        if contexts:
-            # The index checks query vectors; a zero context vector would match no context.
-            checked_vectors(allv[n:], self.embedder.dim)
-        ctx = dict(zip(contexts, allv[n:], strict=True))
-        ctx_truncated = dict(zip(contexts, truncated[n:], strict=True))
-        keep = self.config.context_turns
-        # Only what the encoder reads counts: the query, and the turns the context chain keeps.
-        flags = [
-            q.clipped or truncated[i] or ctx_truncated.get(i, False) or any(t.clipped for t in ts[-keep:])
-            for i, (q, ts) in enumerate(zip(queries, turns, strict=True))
-        ]
-        return allv[:n], ctx, flags, (rawv if rawv is not None else allv)[:n]
+        return allv, (rawv if rawv is not None else allv), truncated
 
     # -- API -------------------------------------------------------------------------
 
@@ -210,8 +231,8 @@ class SemanticCache:
         `category` overrides the classifier when the caller knows it.
         """
         cleaned, turns = clean_query(query), clean_context(context)
-        vectors, contexts, flags, topics = self._embed([cleaned], [turns])
-        vector, ctx, truncated = vectors[0], contexts.get(0), flags[0]
+        vectors, contexts, flags, topics, chains = self._embed([cleaned], [turns])
+        vector, ctx, truncated, asked_context = vectors[0], contexts.get(0), flags[0], chains.get(0)
         query_category = self.rules.categorize(topics, [category])[0]
         now = self._clock()
         rules = self.rules.now()
@@ -234,8 +255,6 @@ class SemanticCache:
                     i for i, _ in self._followups.matches(ctx, self.rules.loosest_context) if i not in found
                 ]
                 found.update(zip(more, self._index.similarities(more, vector), strict=True))
-
-            asked_context = guarded_context(turns, self.config.context_turns)
 
             def pair_rule(entry_id: int) -> Thresholds:
                 return rules.pair(query_category, self._entries[entry_id].category)
@@ -464,7 +483,7 @@ class SemanticCache:
         response_texts = [clean_response(r) for r in responses]
         cleaned = [clean_query(q) for q in queries]
         turns = [clean_context(c) for c in contexts]
-        vectors, ctx_of, truncated, topics = self._embed(cleaned, turns, batch_size)
+        vectors, ctx_of, truncated, topics, chains = self._embed(cleaned, turns, batch_size)
         # Checked before any body is written: a vector the index refuses leaves nothing behind.
         vectors = checked_vectors(vectors, self.embedder.dim)
         names = self.rules.categorize(topics, categories)
@@ -485,7 +504,7 @@ class SemanticCache:
                 ctx = ctx_of.get(i)
                 ttl = ttls[i]
                 context_vector = ctx.astype(np.float16).tobytes() if ctx is not None else None
-                context = guarded_context(turns[i], self.config.context_turns)
+                context = chains.get(i)
                 entry = Entry(
                     id=entry_id,
                     query=cleaned[i].original,

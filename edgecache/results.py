@@ -35,8 +35,9 @@ class Entry:
     last_similarity: float | None = None
     last_threshold: float | None = None
     last_category: str | None = None
-    # The start of the context chain's text (`cache.context_text`): the guards compare it with a
-    # lookup's, since "World War I" and "World War II" embed at cosine 0.85.
+    # The start of the text of the context turns its vector read (`SemanticCache._context_vectors`):
+    # the guards compare it with a lookup's, since "World War I" and "World War II" embed at
+    # cosine 0.85.
     context: str | None = None
 
     def copy(self) -> Entry:

@@ -89,3 +89,26 @@ def test_truncation_is_reported_for_what_the_encoder_reads(real_embedder):
     # A long turn older than the chain keeps (context_turns = 2) is never read.
     assert not cache.insert_detailed("and then?", "r", context=[long, "hi", "hello"]).truncated
     assert not cache.lookup("what is it?", context=["x " * 40_000, "hi", "hello"]).truncated
+
+
+def test_a_long_earlier_turn_never_hides_the_latest_one(real_embedder):
+    # The encoder reads 256 word pieces from a text's start: with the chain read whole, a
+    # pasted report filled them and "Tell me about Germany" got France's answer at context 1.0.
+    cache = SemanticCache("alice", embedder=real_embedder)
+    report = " ".join(
+        f"Paragraph {i} covers trade balances and demographic trends across Europe." for i in range(40)
+    )
+    eid = cache.insert(
+        "What is its population?", "About 68 million.", context=[report, "Tell me about France"]
+    )
+    assert cache.get(eid).context == "Tell me about France"
+    germany = cache.lookup("What is its population?", context=[report, "Tell me about Germany"])
+    assert not germany.hit and germany.reason == Reason.CONTEXT_MISMATCH and germany.truncated
+    france = cache.lookup("What is the population?", context=[report, "Tell me about France."])
+    assert france.hit and france.entry_id == eid and france.truncated
+    # A chain that fits is read whole, as before.
+    both = cache.insert_detailed(
+        "And its capital?", "Paris.", context=["Tell me about France", "Its population?"]
+    )
+    assert not both.truncated
+    assert cache.get(both.entry_id).context == "Tell me about France\nIts population?"

@@ -301,6 +301,42 @@ def test_index_similarities_match_its_search():
         index.similarities([99], query)
 
 
+def test_a_context_chain_drops_its_oldest_turns_until_the_encoder_reads_it_whole(make_cache, embedder):
+    class FirstWords:
+        """Reads a text's first 8 words, as the encoder reads its first 256 word pieces."""
+
+        dim, fingerprint = embedder.dim, embedder.fingerprint
+
+        def __init__(self):
+            self.read: list[str] = []
+
+        def embed(self, texts):
+            words = [t.split(" ") for t in texts]
+            self.read += texts
+            out = embedder.embed([" ".join(w[:8]) for w in words])
+            return Embedded(out.vectors, [len(w) > 8 for w in words], out.raw)
+
+    cache = make_cache(context_turns=4)
+    cache.embedder = reader = FirstWords()
+    report = "a long pasted report about trade and demographic trends"
+    got = cache.insert_detailed(
+        "what is its population", "68 million", context=[report, report, "about france", "ok"]
+    )
+    assert got.truncated and cache.get(got.entry_id).context == "about france\nok"
+    assert reader.read[1:] == [
+        f"{report}\n{report}\nabout france\nok",
+        f"{report}\nabout france\nok",
+        "about france\nok",
+    ]
+    assert not cache.lookup("what is its population", context=[report, "about germany", "ok"]).hit
+    assert cache.lookup("what is its population", context=["x", report, "about france", "ok"]).hit
+    # The latest turn is kept whatever its length; what it hides is reported.
+    long = cache.insert_detailed("and then", "r", context=["about france", report + " " + report])
+    assert long.truncated and cache.get(long.entry_id).context == report + " " + report
+    fits = cache.insert_detailed("and then", "r", context=["one two", "three four"])
+    assert not fits.truncated and cache.get(fits.entry_id).context == "one two\nthree four"
+
+
 def test_nan_from_the_embedder_is_refused_and_loses_nothing(make_cache, embedder):
     """A NaN context vector compares as neither above nor below a threshold; it must not
     slip a follow-up past the context check, nor be stored."""
