@@ -389,7 +389,7 @@ class SemanticCache:
     def _guard(self, query: str, entry: Entry, asked_context: str | None) -> str | None:
         """Why the guards veto this entry for the query: its text, or its context chain's (a
         follow-up cached after "World War I" must not answer one asked after "World War II")."""
-        why = veto(query, entry.query, *self._unseen(query, _normalized(entry.query)))
+        why = veto(query, entry.query, *self._unseen(query, stored_query_text(entry.query)))
         if why is None and asked_context is not None and entry.context is not None:
             if asks_another_kind(query, entry.query):
                 return "answer kind"
@@ -880,8 +880,9 @@ class SemanticCache:
             self._add(entry)
 
 
-def _normalized(query: str) -> str:
-    """The start of a stored query as the encoder reads it (what the guards compare)."""
+def stored_query_text(query: str) -> str:
+    """The start of a stored query as the encoder reads it (what the guards compare and a
+    re-embedding encodes)."""
     # The encoder reads at most MAX_ENCODED_CHARS after whitespace is collapsed: normalizing a
     # stored query of megabytes in full took a good part of a second on every lookup near it.
     return _normalized_start(query[: 4 * MAX_ENCODED_CHARS])

@@ -154,6 +154,10 @@ def cmd_snapshot_reembed(args: argparse.Namespace) -> int:
             failed += 1
             print(f"{tag}: left as it is, unreadable: {exc}")
             continue
+        except EdgecacheError as exc:  # one snapshot's trouble must not stop the others
+            failed += 1
+            print(f"\n{tag}: left as it is, cannot be re-encoded: {exc}")
+            continue
         if result is None:
             print(f"{tag}: current")
             continue

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import snapshot
-from .cache import CONTEXT_GUARD_CHARS
+from .cache import CONTEXT_GUARD_CHARS, stored_query_text
 from .config import CacheConfig
 from .embedder import Embedder, shared_embedder
 from .errors import InvalidInputError
 from .results import ENTRY_FIELDS
-from .text import clean_query
 from .vectorindex import VectorIndex, all_finite, stored_vector_bytes, vector_bytes
 
 BATCH = 64
@@ -77,7 +76,7 @@ def reembed_snapshot(
     kept = [e for e in entries.values() if e.context_vector is None or e.context is not None]
     dropped = sorted(entries.keys() - {e.id for e in kept})
     followups = [e for e in kept if e.context_vector is not None]
-    texts = [clean_query(e.query).normalized for e in kept] + [str(e.context) for e in followups]
+    texts = [stored_query_text(e.query) for e in kept] + [str(e.context) for e in followups]
     vectors = _encode(embedder, texts, progress)
 
     new_vector = vector_bytes(embedder.dim, config.dtype)

@@ -16,7 +16,7 @@ from .config import CacheConfig
 from .embedder import Embedder
 from .errors import ConflictError, SnapshotError
 from .load import LoadSignal
-from .stores import Store, VersionedStore, check_user, user_key
+from .stores import MemoryStore, Store, VersionedStore, check_user, user_key
 
 log = logging.getLogger("edgecache")
 
@@ -73,54 +73,60 @@ class CacheRegistry:
         try:
             yield cache
         finally:
-            with self._lock:
-                if mutate:
-                    self._dirty.add(user)
-                self._pins[user] -= 1
-                if not self._pins[user]:
-                    del self._pins[user]
-                evicted = self._overflow()
-            self._save_all(evicted)
+            self._unpin(user, mutate)
+
+    def _unpin(self, user: str, mutate: bool = False) -> None:
+        with self._lock:
+            if mutate:
+                self._dirty.add(user)
+            self._pins[user] -= 1
+            if not self._pins[user]:
+                del self._pins[user]
+            evicted = self._overflow()
+        self._save_all(evicted)
 
     def clear(self, user: str) -> str | None:
-        """Empty the user's cache. A stored snapshot that cannot be read (damaged, or written
-        by another encoder) is moved to "<key>.bad" ("<key>.bad.2" and on when that is taken),
-        never deleted, and the user starts empty; returns that key, else None."""
+        """Empty the user's cache and save it. A stored snapshot that cannot be read (damaged,
+        or written by another encoder), whether it stopped the user from loading or was
+        written after the user loaded, is moved to "<key>.bad" ("<key>.bad.2" and on when that
+        is taken), never deleted, and the user starts empty; returns that key, else None."""
         try:
             with self.use(user, mutate=True) as cache:
                 cache.clear()
-            return None
         except SnapshotError as exc:
-            # One set-aside per user at a time in this process: a second clear racing the
-            # first finds the damaged snapshot already moved and moves nothing.
-            with self._load_lock(user):
-                data = self.store.get(user_key(user))
-                aside = self._set_aside(user, data) if data is not None else None
-            if aside is not None:
-                log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", exc, aside)
-        with self.use(user, mutate=True) as cache:
-            cache.clear()
+            aside = self._set_aside(user, exc)
+            with self.use(user, mutate=True) as cache:
+                cache.clear()
+            return aside
+        try:
+            self._save(user, cache)
+            return None
+        except SnapshotError as exc:  # what is stored now cannot be merged with
+            aside = self._set_aside(user, exc)
+            self._save(user, cache)
+            return aside
+
+    def _set_aside(self, user: str, why: SnapshotError) -> str | None:
+        """Move the user's stored snapshot aside if it still cannot be read; its new key."""
+        # One set-aside per user at a time in this process: a second clear racing the first
+        # finds the damaged snapshot already moved and moves nothing.
+        with self._load_lock(user):
+            data = self.store.get(user_key(user))
+            if data is None or self._readable(user, data):  # moved, or replaced by a good one
+                return None
+            aside = keep_aside(self.store, user_key(user), data)
+            self.store.delete(user_key(user))
+        log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", why, aside)
         return aside
 
-    def _set_aside(self, user: str, data: bytes) -> str:
-        """Copy a damaged snapshot to the first free "<key>.bad[.n]", then delete it. Where the
-        store has conditional writes the name is claimed by a create-only write, so another
-        process clearing the same user cannot overwrite what this one kept."""
-        base, n = f"{user_key(user)}.bad", 1
-        while True:
-            aside = base if n == 1 else f"{base}.{n}"
-            n += 1
-            if isinstance(self.store, VersionedStore):
-                try:
-                    self.store.put_if(aside, data, expected=None)
-                except ConflictError:
-                    continue
-                break
-            if self.store.get(aside) is None:
-                self.store.put(aside, data)
-                break
-        self.store.delete(user_key(user))
-        return aside
+    def _readable(self, user: str, data: bytes) -> bool:
+        held = MemoryStore()
+        held.put(user_key(user), data)
+        try:
+            SemanticCache(user, store=held, config=self.config, embedder=self.embedder, bodies=self.bodies)
+        except SnapshotError:
+            return False
+        return True
 
     def _load_lock(self, user: str) -> threading.Lock:
         return self._load_locks[hash(user) % len(self._load_locks)]
@@ -155,7 +161,11 @@ class CacheRegistry:
             self.refresh_seconds is not None and time.monotonic() - cache.synced_at >= self.refresh_seconds
         )
         if stale:
-            cache.refresh()
+            try:
+                cache.refresh()
+            except BaseException:
+                self._unpin(user)
+                raise
         return cache
 
     def _pin_held(self, user: str) -> SemanticCache | None:
@@ -255,8 +265,8 @@ class CacheRegistry:
                 saved["settings"] |= policy.calibration_settings()
                 return OnlineCalibrator.from_dict(saved)
             except (SnapshotError, ValueError, KeyError, TypeError) as exc:
-                log.warning("calibration statistics unusable (%s); kept as %s.bad", exc, CALIBRATION_KEY)
-                self.store.put(f"{CALIBRATION_KEY}.bad", data)
+                aside = keep_aside(self.store, CALIBRATION_KEY, data)
+                log.warning("calibration statistics unusable (%s); kept as %s", exc, aside)
         return OnlineCalibrator(**policy.calibration_settings())
 
     def _retire(self, cache: SemanticCache) -> None:
@@ -282,3 +292,22 @@ def _add_counters(totals: dict[str, Counter[str]], cache: SemanticCache) -> None
     """Add the cache's per-category counters (not its gauges) to `totals`."""
     for category, counts in cache.stats().categories.items():
         totals.setdefault(category, Counter()).update({c: counts[c] for c in COUNTERS})
+
+
+def keep_aside(store: Store, key: str, data: bytes) -> str:
+    """Write data that cannot be used to the first free "<key>.bad[.n]"; that key. Where the
+    store has conditional writes the name is claimed by a create-only write, so another
+    process doing the same cannot overwrite what this one kept."""
+    n = 1
+    while True:
+        aside = f"{key}.bad" if n == 1 else f"{key}.bad.{n}"
+        n += 1
+        if isinstance(store, VersionedStore):
+            try:
+                store.put_if(aside, data, expected=None)
+            except ConflictError:
+                continue
+            return aside
+        if store.get(aside) is None:
+            store.put(aside, data)
+            return aside

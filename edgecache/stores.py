@@ -22,7 +22,8 @@ from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, ConflictError, InvalidInputError
 
-_KEY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+# No leading dot: the folder store's own files (temp files, lock files) start with one.
+_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
 
 
 def user_key(user: str) -> str:
@@ -111,7 +112,7 @@ def update_versioned(
 
 
 def _check_key(key: str) -> str:
-    if not _KEY.match(key) or key in {".", ".."}:
+    if not _KEY.match(key):
         raise InvalidInputError(f"invalid store key {key!r}")
     return key
 

@@ -6,7 +6,7 @@ import pytest
 
 from edgecache import LocalFolderStore, MemoryStore, SemanticCache
 from edgecache.decision import Reason
-from edgecache.errors import ConflictError
+from edgecache.errors import ConflictError, SnapshotError
 from tests.helpers import run_in_threads
 
 
@@ -135,6 +135,61 @@ def test_registry_refreshes_caches_older_than_its_interval(embedder, clock, conf
     other.flush()
     with mine.use("u") as cache:
         assert cache.lookup("what is the capital of peru").hit
+
+
+def test_a_refresh_that_fails_releases_the_cache(embedder, clock, config):
+    from edgecache.registry import CacheRegistry
+    from edgecache.stores import user_key
+
+    store = MemoryStore()
+    registry = CacheRegistry(store, config, embedder, clock=clock, max_loaded=1, refresh_seconds=0)
+    with registry.use("u", mutate=True) as cache:
+        cache.insert("what is the capital of peru", "Lima")
+    registry.flush()
+    store.put(user_key("u"), b"written by something else")
+    for _ in range(3):
+        with pytest.raises(SnapshotError), registry.use("u"):
+            pass
+    assert registry._pins == {}
+    with registry.use("v", mutate=True) as cache:  # evicts u, held by nothing now
+        cache.insert("what is the capital of chile", "Santiago")
+    assert [c.user for c in registry.loaded()] == ["v"]
+
+
+def test_clear_sets_aside_a_snapshot_damaged_after_the_user_loaded(embedder, clock, config):
+    from edgecache.registry import CacheRegistry
+    from edgecache.stores import user_key
+
+    store, key = MemoryStore(), user_key("u")
+    registry = CacheRegistry(store, config, embedder, clock=clock)
+    with registry.use("u", mutate=True) as cache:
+        cache.insert("what is the capital of peru", "Lima")
+    registry.flush()
+    store.put(key, b"damaged since")
+    with registry.use("u", mutate=True) as cache:
+        cache.insert("what is the capital of chile", "Santiago")
+    with pytest.raises(SnapshotError):
+        registry.flush()  # nothing to merge with: kept in memory, not written over
+    assert registry.clear("u") == f"{key}.bad"
+    assert store.get(f"{key}.bad") == b"damaged since"
+    assert len(SemanticCache("u", store=store, config=config, embedder=embedder)) == 0
+    assert registry.flush() == 0 and registry.clear("u") is None
+
+
+def test_clear_never_sets_aside_a_snapshot_that_reads(embedder, clock, config):
+    from edgecache.registry import CacheRegistry
+    from edgecache.stores import user_key
+
+    store, key = MemoryStore(), user_key("u")
+    good = SemanticCache("u", store=store, config=config, embedder=embedder)
+    good.insert("what is the capital of peru", "Lima")
+    good.save()
+    # As when another worker cleared the damage and saved a good snapshot in between.
+    assert CacheRegistry(store, config, embedder)._set_aside("u", SnapshotError("was damaged")) is None
+    assert (
+        store.get(f"{key}.bad") is None
+        and len(SemanticCache("u", store=store, config=config, embedder=embedder)) == 1
+    )
 
 
 class GatedStore(MemoryStore):

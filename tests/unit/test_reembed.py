@@ -2,7 +2,7 @@ import pytest
 
 from edgecache import LocalFolderStore, MemoryStore, SemanticCache, SnapshotError, snapshot
 from edgecache.cli import main
-from edgecache.errors import ConflictError
+from edgecache.errors import ConflictError, InvalidInputError
 from edgecache.reembed import reembed_snapshot
 from edgecache.stores import user_key
 from tests.helpers import HashingEmbedder
@@ -116,3 +116,34 @@ def test_cli_leaves_a_snapshot_written_meanwhile(old_snapshot, tmp_path, monkeyp
     assert main(["snapshot", "reembed", "--store", str(tmp_path)]) == 1
     assert "run again" in capsys.readouterr().out
     assert (tmp_path / cache.key).read_bytes() == data
+
+
+def test_cli_reports_a_snapshot_it_cannot_encode_and_goes_on(old_snapshot, tmp_path, monkeypatch, capsys):
+    cache, data = old_snapshot
+    store = LocalFolderStore(tmp_path)
+    store.put(cache.key, data)
+    store.put(user_key("bob"), data.replace(b"alice", b"bob00"))  # damaged
+    new = HashingEmbedder(fingerprint="another-build")
+    monkeypatch.setattr("edgecache.reembed.shared_embedder", lambda *a, **k: new)
+    real = reembed_snapshot
+
+    def refusing(data, *a, **k):
+        if data == store.get(cache.key):
+            raise InvalidInputError("the embedder refused a text")
+        return real(data, *a, **k)
+
+    monkeypatch.setattr("edgecache.reembed.reembed_snapshot", refusing)
+    assert main(["snapshot", "reembed", "--store", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "cannot be re-encoded: the embedder refused a text" in out and "2 left as they were" in out
+
+
+def test_a_stored_query_insert_would_now_refuse_is_encoded_as_written(old_snapshot, config):
+    _, data = old_snapshot
+    payload = snapshot.decode(data, None)
+    at = payload["entry_fields"].index("query")
+    next(r for r in payload["entries"] if r[at] == "how do I cook rice")[at] = (
+        "\u3164"  # blank, refused today
+    )
+    result = reembed_snapshot(snapshot.encode(payload), config, HashingEmbedder(fingerprint="another-build"))
+    assert result is not None and result.entries == 2

@@ -48,7 +48,7 @@ def test_store_contract(tmp_path, store_factory):
     store.delete("k1")
     store.delete("k1")
     assert store.get("k1") is None
-    for bad in ("../escape", "", "a/b", ".."):
+    for bad in ("../escape", "", "a/b", "..", ".", ".report.tmp", ".key.lock"):
         with pytest.raises(InvalidInputError):
             store.put(bad, b"x")
 
