@@ -112,7 +112,13 @@ class SemanticCache:
         # snapshot must re-apply (vectors kept exactly, for re-adding to the index).
         self._pending_add: dict[int, np.ndarray] = {}
         self._pending_remove: set[int] = set()
-        self._saving: set[int] = set()  # of _pending_add, what the save in flight writes
+        # Writes whose outcome is unknown, by write id: in flight, or failed in a way that may
+        # have landed (an fsync error after the rename; an S3 PUT that timed out, was retried
+        # and lost its condition to itself). A merge with a snapshot holding one of them must
+        # not apply that write's changes twice (counts doubled, deleted entries back).
+        self._unconfirmed: dict[str, _Pending] = {}
+        # Ids of the writes the state derives from, newest last (`snapshot.writes`).
+        self._lineage: list[str] = []
         # Hits and feedback since the last save, by entry: counts add up, so a merge adds
         # them to the other writer's copy of the entry instead of losing them.
         self._pending_counts: dict[int, Counter[str]] = {}
@@ -577,7 +583,9 @@ class SemanticCache:
         self._pending_counts.pop(entry_id, None)
         # An entry added since the last save is in no stored snapshot, unless the save in
         # flight wrote it: then a merge with that snapshot must not bring it back.
-        if self._pending_add.pop(entry_id, None) is None or entry_id in self._saving:
+        if self._pending_add.pop(entry_id, None) is None or any(
+            entry_id in w.added for w in self._unconfirmed.values()
+        ):
             self._pending_remove.add(entry_id)
         held = self._held[entry.category]
         held[0] -= 1
@@ -714,9 +722,9 @@ class SemanticCache:
 
     def to_bytes(self) -> bytes:
         with self._lock:
-            return self._encode()
+            return self._encode(self._lineage)
 
-    def _encode(self) -> bytes:
+    def _encode(self, writes: list[str]) -> bytes:
         return snapshot.encode(
             {
                 "fingerprint": self.embedder.fingerprint,
@@ -725,6 +733,7 @@ class SemanticCache:
                 "entry_fields": list(ENTRY_FIELDS),
                 "entries": [e.to_row() for e in self._entries.values()],
                 "index": self._index.to_bytes(),
+                "writes": writes,
             }
         )
 
@@ -742,57 +751,63 @@ class SemanticCache:
             self._save()
 
     def _save(self) -> None:
-        try:
-            if not isinstance(self.store, VersionedStore):
-                data, pending, _ = self._encode_pending()
-                self.store.put(self.key, data)
-                self._synced(pending, None)
-                return
-            # Each lost write merges the other writer's snapshot and backs off before retrying.
-            for attempt in range(WRITE_ATTEMPTS):
-                if attempt:
-                    backoff(attempt - 1)
-                data, pending, expected = self._encode_pending()
-                try:
-                    version = self.store.put_if(self.key, data, expected)
-                except ConflictError:
-                    current = self.store.get_versioned(self.key)
-                    if current is None:  # deleted meanwhile: ours becomes the first version
-                        with self._lock:
-                            self._version = None
-                    else:
-                        self._merge(*current)
-                    continue
-                self._synced(pending, version)
-                return
-            raise ConflictError(f"could not save {self.key}: {WRITE_ATTEMPTS} concurrent writes in a row")
-        finally:
-            with self._lock:
-                self._saving = set()
+        if not isinstance(self.store, VersionedStore):
+            data, pending, _ = self._encode_pending()
+            self.store.put(self.key, data)
+            self._synced(pending, None)
+            return
+        # Each lost write merges the other writer's snapshot and backs off before retrying.
+        for attempt in range(WRITE_ATTEMPTS):
+            if attempt:
+                backoff(attempt - 1)
+            data, pending, expected = self._encode_pending()
+            try:
+                version = self.store.put_if(self.key, data, expected)
+            except ConflictError:
+                current = self.store.get_versioned(self.key)
+                if current is None:  # deleted meanwhile: ours becomes the first version
+                    with self._lock:
+                        self._version = None
+                else:
+                    self._merge(*current)
+                continue
+            self._synced(pending, version)
+            return
+        raise ConflictError(f"could not save {self.key}: {WRITE_ATTEMPTS} concurrent writes in a row")
 
     def _encode_pending(self) -> tuple[bytes, _Pending, str | None]:
-        """A snapshot of now, the unsaved changes it holds, and the stored version it derives from."""
+        """A snapshot of now, the unsaved changes it holds, and the stored version it derives
+        from. The write stays unconfirmed until the store says it is in (`_synced`)."""
         with self._lock:
-            self._saving = set(self._pending_add)
+            write_id = secrets.token_hex(8)
             pending = _Pending(
-                set(self._saving),
+                set(self._pending_add),
                 set(self._pending_remove),
                 {k: Counter(v) for k, v in self._pending_counts.items()},
+                [*self._lineage, write_id][-snapshot.WRITES_KEPT :],
             )
-            return self._encode(), pending, self._version
+            self._unconfirmed[write_id] = pending
+            return self._encode(pending.writes), pending, self._version
 
     def _synced(self, written: _Pending, version: str | None) -> None:
-        """Forget the changes that the snapshot just written contains."""
+        """The snapshot `written` is the stored one now: forget the changes it holds. Every
+        earlier write either landed before it (and was merged) or never will."""
         with self._lock:
-            for entry_id in written.added:
-                self._pending_add.pop(entry_id, None)
-            self._pending_remove -= written.removed
-            for entry_id, counts in written.counts.items():
-                left = self._pending_counts.pop(entry_id, Counter()) - counts
-                if left:  # hits or feedback that came in while the snapshot was written
-                    self._pending_counts[entry_id] = left
+            self._forget(written)
+            self._unconfirmed.clear()
+            self._lineage = written.writes
             self._version = version
             self.synced_at = time.monotonic()
+
+    def _forget(self, written: _Pending) -> None:
+        """Drop the unsaved changes that a stored snapshot already holds (lock held)."""
+        for entry_id in written.added:
+            self._pending_add.pop(entry_id, None)
+        self._pending_remove -= written.removed
+        for entry_id, counts in written.counts.items():
+            left = self._pending_counts.pop(entry_id, Counter()) - counts
+            if left:  # hits or feedback that came in while the snapshot was written
+                self._pending_counts[entry_id] = left
 
     def refresh(self) -> bool:
         """Take in what other writers saved since this cache last read or wrote the store
@@ -809,15 +824,23 @@ class SemanticCache:
 
     def restore(self, data: bytes) -> None:
         """Replace the in-memory state with a snapshot; on any error nothing changes."""
-        entries, index = self._decode(data)
+        entries, index, writes = self._decode(data)
         with self._lock:
             self._install(entries, index)
+            self._lineage = writes
 
     def _merge(self, data: bytes, version: str) -> None:
         """Adopt another writer's snapshot with this cache's unsaved inserts, deletes, hits and
-        feedback on top."""
-        entries, index = self._decode(data)
+        feedback on top. Where that snapshot holds a write of this cache's whose outcome was
+        unknown, the changes that write carried are in it already and are not applied again."""
+        entries, index, writes = self._decode(data)
         with self._lock:
+            landed = [w for w in self._unconfirmed if w in writes]
+            if landed:
+                # Each write holds every change the ones before it held: the latest is enough.
+                self._forget(self._unconfirmed[landed[-1]])
+                for w in list(self._unconfirmed)[: list(self._unconfirmed).index(landed[-1]) + 1]:
+                    del self._unconfirmed[w]
             for entry_id in self._pending_remove & entries.keys():
                 del entries[entry_id]
                 index.remove(entry_id)
@@ -837,9 +860,10 @@ class SemanticCache:
                     entries[entry_id] = self._entries[entry_id]
                     index.add(entry_id, vector)
             self._install(entries, index)
+            self._lineage = writes
             self._version = version
 
-    def _decode(self, data: bytes) -> tuple[dict[int, Entry], VectorIndex]:
+    def _decode(self, data: bytes) -> tuple[dict[int, Entry], VectorIndex, list[str]]:
         payload = snapshot.decode(data, self.embedder.fingerprint)
         if payload.get("user_key") != self.key:
             raise SnapshotError("snapshot belongs to another user")
@@ -868,7 +892,7 @@ class SemanticCache:
             for e in entries.values()
         ):
             raise SnapshotError(f"snapshot holds context vectors that are not {self.embedder.dim}-d")
-        return entries, index
+        return entries, index, snapshot.writes(payload)
 
     def _install(self, entries: dict[int, Entry], index: VectorIndex) -> None:
         """Replace the state with decoded entries (lock held); `_add` rebuilds what derives from them."""
@@ -909,3 +933,4 @@ class _Pending(NamedTuple):
     added: set[int]
     removed: set[int]
     counts: dict[int, Counter[str]]
+    writes: list[str]  # the snapshot's lineage, this write's id last

@@ -70,6 +70,19 @@ def entries(payload: dict[str, Any]) -> dict[int, Entry]:
     return {e.id: e for e in loaded}
 
 
+# Write ids a snapshot keeps of its history, newest last: a writer whose write may have landed
+# unseen looks for its id here. Older writers' ids age out; 32 x 16 characters per snapshot.
+WRITES_KEPT = 32
+
+
+def writes(payload: dict[str, Any]) -> list[str]:
+    """The ids of the writes a snapshot's state holds, newest last ([] before they were kept)."""
+    found = payload.get("writes", [])
+    if not isinstance(found, list) or len(found) > WRITES_KEPT or not all(isinstance(w, str) for w in found):
+        raise SnapshotError("snapshot is malformed: its write history is not a short list of ids")
+    return found
+
+
 def index_bytes(payload: dict[str, Any]) -> bytes:
     data = payload.get("index")
     if not isinstance(data, bytes):

@@ -122,6 +122,86 @@ def test_hits_and_feedback_survive_another_writers_save(embedder, clock, config)
         assert cache.lookup("what is the capital of australia").reason == Reason.DISPUTED
 
 
+class LandsThenFails(MemoryStore):
+    """Its next conditional write lands, then reports failure: an fsync error after the
+    rename, or an S3 PUT that timed out, was retried and lost its condition to itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_with: Exception | None = None
+
+    def put_if(self, key, data, expected):
+        version = super().put_if(key, data, expected)
+        if self.fail_with is not None:
+            failure, self.fail_with = self.fail_with, None
+            raise failure
+        return version
+
+
+def _hit_and_dispute(cache: SemanticCache) -> int:
+    kept = cache.insert("how tall is mount everest", "8849 m")
+    cache.save()
+    assert cache.lookup("how tall is mount everest").hit
+    cache.feedback(kept, correct=False)
+    return kept
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(5, "I/O error"), ConflictError("changed since it was read")],
+    ids=["error", "conflict"],
+)
+def test_a_write_that_landed_but_failed_is_not_applied_twice(embedder, clock, config, failure):
+    store = LandsThenFails()
+    cache = writer(store, embedder, clock, config)
+    kept = _hit_and_dispute(cache)
+    gone = cache.insert("what is the capital of france", "Paris")
+    store.fail_with = failure
+    if isinstance(failure, OSError):
+        with pytest.raises(OSError):
+            cache.save()
+    else:
+        cache.save()  # merges the snapshot it wrote itself, then writes again
+    cache.delete(gone)
+    cache.save()
+    for seen in (cache, writer(store, embedder, clock, config)):
+        assert gone not in seen._entries
+        entry = seen.get(kept)
+        assert (entry.hits, entry.wrong_feedback) == (1, 1)
+
+
+def test_a_landed_write_another_writer_built_on_is_not_applied_twice(embedder, clock, config):
+    store = LandsThenFails()
+    mine = writer(store, embedder, clock, config)
+    kept = _hit_and_dispute(mine)
+    gone = mine.insert("what is the capital of france", "Paris")
+    store.fail_with = OSError(5, "I/O error")
+    with pytest.raises(OSError):
+        mine.save()
+    other = writer(store, embedder, clock, config)  # reads what landed, adds to it
+    other.insert("who painted the mona lisa", "Leonardo")
+    other.save()
+    mine.delete(gone)
+    mine.save()  # conflicts with other's save, which holds the write that landed
+    final = writer(store, embedder, clock, config)
+    assert gone not in final._entries and len(final) == 2
+    assert (final.get(kept).hits, final.get(kept).wrong_feedback) == (1, 1)
+
+
+def test_a_snapshots_write_history_is_checked(embedder, clock, config):
+    from edgecache import snapshot
+
+    cache = writer(MemoryStore(), embedder, clock, config)
+    cache.insert("how tall is mount everest", "8849 m")
+    payload = snapshot.decode(cache.to_bytes(), None)
+    for bad in ("abc", [1, 2], ["w"] * (snapshot.WRITES_KEPT + 1)):
+        with pytest.raises(SnapshotError, match="write history"):
+            cache.restore(snapshot.encode({**payload, "writes": bad}))
+    del payload["writes"]  # written before writes were kept
+    cache.restore(snapshot.encode(payload))
+    assert len(cache) == 1
+
+
 def test_registry_refreshes_caches_older_than_its_interval(embedder, clock, config):
     from edgecache.registry import CacheRegistry
 
