@@ -69,6 +69,74 @@ def checked_vector(vector: np.ndarray, dim: int) -> np.ndarray:
     return rows
 
 
+# The layout of usearch's serialized index (the pinned 2.26): a matrix part (rows and bytes
+# per row as two u32, then the vectors), a 64-byte metadata block, a header of five u64
+# (size, connectivity, connectivity at level 0, max level, entry slot), each node's level
+# (i16), then per node: key (u64), level (i16) and, for each of its levels, a neighbour count
+# (u32) and that level's capacity of neighbour slots (u32).
+_METADATA_BYTES = 64
+
+
+def check_graph(data: bytes) -> None:
+    """Refuse serialized index bytes whose graph could send a search outside the index.
+
+    usearch trusts the graph it loads: a neighbour slot past the end (a damaged snapshot
+    whose checksum was recomputed, a faulty writer) crashes the process on a later search
+    instead of raising. Rebuilding the graph from the vectors would cost seconds per 100k
+    entries, so the graph is checked instead: every count within its list's capacity, every
+    slot within the index, the levels consistent, the length exact."""
+    try:
+        meta = Index.metadata(data)
+    except Exception as exc:  # usearch raises plain RuntimeError on bad bytes
+        raise SnapshotError(f"index bytes are unreadable: {exc}") from exc
+    if meta is None or meta.get("kind_metric") != MetricKind.Cos or meta.get("matrix_uses_64_bit_dimensions"):
+        raise SnapshotError("index bytes do not hold a cosine index as this edgecache writes them")
+    buf = np.frombuffer(data, dtype=np.uint8)
+
+    def u32(at: np.ndarray) -> np.ndarray:
+        return (
+            buf[at].astype(np.uint32)
+            | buf[at + 1].astype(np.uint32) << 8
+            | (buf[at + 2].astype(np.uint32) << 16 | buf[at + 3].astype(np.uint32) << 24)
+        )
+
+    try:
+        rows, width = (int(v) for v in np.frombuffer(data, dtype="<u4", count=2))
+        start = 8 + rows * width + _METADATA_BYTES
+        size, conn, base, max_level, entry = (int(v) for v in np.frombuffer(data, "<u8", 5, start))
+        if size != rows:
+            raise ValueError("its header disagrees with its vectors")
+        if not size:  # an empty graph's max level and entry are placeholders
+            if len(data) != start + 40:
+                raise ValueError("its length is not what its nodes take")
+            return
+        if not 0 < conn <= base <= 4096 or entry >= size or max_level > 64:
+            raise ValueError("its header disagrees with itself")
+        levels = np.frombuffer(data, "<i2", size, start + 40).astype(np.int64)
+        node_bytes = 14 + 4 * base + levels * (4 + 4 * conn)
+        first = start + 40 + 2 * size
+        if first + int(node_bytes.sum()) != len(data):
+            raise ValueError("its length is not what its nodes take")
+        if levels.min() < 0 or levels.max() != max_level:
+            raise ValueError("its node levels disagree with its header")
+        offsets = first + np.concatenate([[0], np.cumsum(node_bytes)[:-1]])
+        if not (buf[offsets + 8].astype(np.int64) | buf[offsets + 9].astype(np.int64) << 8 == levels).all():
+            raise ValueError("a node's level disagrees with the level list")
+        lists = [(offsets + 10, base)]
+        for level in range(1, max_level + 1):
+            at = offsets[levels >= level] + 14 + 4 * base + (level - 1) * (4 + 4 * conn)
+            lists.append((at, conn))
+        for at, capacity in lists:
+            counts = u32(at)
+            if (counts > capacity).any():
+                raise ValueError("a node has more neighbours than fit")
+            slots = u32(at[:, None] + 4 + 4 * np.arange(capacity))
+            if (slots[np.arange(capacity) < counts[:, None]] >= size).any():
+                raise ValueError("a neighbour lies outside the index")
+    except (ValueError, IndexError) as exc:  # IndexError: a length that runs past the bytes
+        raise SnapshotError(f"index graph is damaged: {exc}") from exc
+
+
 class VectorIndex:
     def __init__(self, dim: int, dtype: str = "i8", connectivity: int = 8) -> None:
         self.dim, self.dtype, self.connectivity = dim, dtype, connectivity
@@ -129,6 +197,7 @@ class VectorIndex:
         return bytes(self._index.save())
 
     def load_bytes(self, data: bytes) -> None:
+        check_graph(data)
         try:
             restored = Index.restore(data, view=False)
         except Exception as exc:  # usearch raises plain RuntimeError on bad bytes

@@ -82,3 +82,91 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
     os.utime(stale, (old, old))
     LocalFolderStore(tmp_path)
     assert not stale.exists() and fresh.exists() and store.get("k") == b"kept"
+
+
+def _index_bytes(n: int, dtype: str = "i8", removed: int = 0) -> bytes:
+    import numpy as np
+
+    from edgecache.vectorindex import VectorIndex
+
+    index = VectorIndex(16, dtype, 8)
+    if n:
+        index.add(np.arange(n, dtype=np.uint64), np.random.default_rng(n).standard_normal((n, 16)))
+    for key in range(removed):
+        index.remove(key)
+    return index.to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("n", "dtype", "removed"), [(0, "i8", 0), (1, "i8", 0), (300, "i8", 40), (300, "f16", 0)]
+)
+def test_sound_index_graphs_pass_the_check(n, dtype, removed):
+    from edgecache.vectorindex import check_graph
+
+    check_graph(_index_bytes(n, dtype, removed))
+
+
+def test_a_damaged_index_graph_is_refused_before_usearch_reads_it():
+    import struct
+
+    from edgecache.vectorindex import check_graph
+
+    data = bytearray(_index_bytes(300))
+    # The first node's first neighbour: after the vectors, the metadata, the header and levels.
+    first = 8 + 300 * 16 + 64 + 40 + 2 * 300
+    assert struct.unpack_from("<I", data, first + 10)[0] > 0  # it has neighbours
+    struct.pack_into("<I", data, first + 14, 10**6)
+    with pytest.raises(SnapshotError, match="outside the index"):
+        check_graph(bytes(data))
+    struct.pack_into("<I", data, first + 10, 17)  # more neighbours than level 0 holds (16)
+    with pytest.raises(SnapshotError, match="more neighbours"):
+        check_graph(bytes(data))
+    with pytest.raises(SnapshotError, match="length"):
+        check_graph(_index_bytes(300)[:-4])
+
+
+def test_an_index_of_another_metric_is_refused():
+    import numpy as np
+
+    from edgecache._native import Index, MetricKind
+    from edgecache.vectorindex import check_graph
+
+    other = Index(ndim=16, metric=MetricKind.L2sq, dtype="i8", connectivity=8)
+    other.add(np.arange(10, dtype=np.uint64), np.random.default_rng(0).standard_normal((10, 16)))
+    with pytest.raises(SnapshotError, match="cosine"):
+        check_graph(bytes(other.save()))
+
+
+def test_random_damage_with_a_recomputed_checksum_never_crashes_the_process():
+    """Bit flips in a snapshot's index bytes, the checksum recomputed (a faulty writer): each
+    snapshot is refused or serves lookups. Run apart, so a crash fails this test only."""
+    import subprocess
+    import sys
+
+    code = """
+import random
+from edgecache import MemoryStore, SemanticCache, SnapshotError, snapshot
+from tests.helpers import HashingEmbedder
+embedder = HashingEmbedder()
+cache = SemanticCache("u", store=MemoryStore(), embedder=embedder)
+for i in range(60):
+    cache.insert(f"question number {i} on topic {i * 7}", f"answer {i}")
+for entry_id in list(cache._entries)[::9]:
+    cache.delete(entry_id)
+payload = snapshot.decode(cache.to_bytes(), None)
+for trial in range(300):
+    rng, damaged = random.Random(trial), bytearray(payload["index"])
+    for _ in range(rng.choice([1, 2, 8, 32])):
+        damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+    other = SemanticCache("u", store=MemoryStore(), embedder=embedder)
+    try:
+        other.restore(snapshot.encode({**payload, "index": bytes(damaged)}))
+    except SnapshotError:
+        continue
+    for i in range(60):
+        other.lookup(f"question number {i} on topic {i * 7}")
+print("done")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "done", run.stderr[-2000:]
