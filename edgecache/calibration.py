@@ -590,6 +590,14 @@ class _KeyCounts:
         self.lookups[level] += n
         self.n_lookups += n
 
+    def add(self, other: _KeyCounts) -> None:
+        """Add another record's counts (levels merge as they do when observed here)."""
+        self.seed += other.seed
+        self.seed_lookups += other.seed_lookups
+        for level, arr in other.online.items():
+            self._level(level)[:] += arr
+            self.add_lookups(level, other.lookups[level])
+
     def _merge_closest(self) -> None:
         # Data valid from edge c is also valid from any higher edge: merging a level into
         # the next one up only forgets what it said about the thresholds in between. Lookups
@@ -727,6 +735,9 @@ class OnlineCalibrator:
         self._keys: dict[str, _KeyCounts] = {}
         self._version = 0  # bumped by every observation or seed of any key
         self._n_lookups = 0  # lookups counted online, all keys
+        # What was counted here since the last `take_unsaved`: processes sharing statistics
+        # add theirs up in the store (`adopt`) instead of writing over each other's.
+        self._unsaved: dict[str, _KeyCounts] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -739,6 +750,56 @@ class OnlineCalibrator:
         if entry is None:
             entry = self._keys[key] = _KeyCounts()
         return entry
+
+    def _unsaved_entry(self, key: str) -> _KeyCounts:
+        record = self._unsaved.get(key)
+        if record is None:
+            record = self._unsaved[key] = _KeyCounts()
+        return record
+
+    def has_unsaved(self) -> bool:
+        with self._lock:
+            return bool(self._unsaved)
+
+    def take_unsaved(self) -> dict:
+        """The counts added since the last call, shaped as `to_dict` writes them. They leave
+        the unsaved record: hand them back (`add_unsaved`) if writing them fails."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, {}
+        return self._as_dict(unsaved)
+
+    def add_unsaved(self, counts: Mapping) -> None:
+        """Return counts taken by `take_unsaved` that were not written."""
+        parsed = self.from_dict(counts)._keys
+        with self._lock:
+            for key, record in parsed.items():
+                self._unsaved_entry(key).add(record)
+
+    def add_counts(self, counts: Mapping) -> None:
+        """Add the counts of a `to_dict`/`take_unsaved` dict to these statistics."""
+        parsed = self.from_dict(counts)._keys
+        with self._lock:
+            for key, record in parsed.items():
+                entry = self._entry(key)
+                self._n_lookups -= entry.n_lookups
+                entry.add(record)
+                self._n_lookups += entry.n_lookups
+                self._changed(entry)
+
+    def adopt(self, stored: Mapping) -> None:
+        """Become the stored statistics (which hold what `take_unsaved` last gave and what
+        other processes wrote) plus what was counted here since then."""
+        keys = self.from_dict(stored)._keys
+        with self._lock:
+            for key, record in self._unsaved.items():
+                keys.setdefault(key, _KeyCounts()).add(record)
+            for key, entry in keys.items():
+                mine = self._keys.get(key)
+                if mine is not None:  # the threshold this process serves, not another's
+                    entry.last_threshold, entry.last_level = mine.last_threshold, mine.last_level
+            self._keys = keys
+            self._n_lookups = sum(e.n_lookups for e in keys.values())
+            self._version += 1
 
     def _changed(self, entry: _KeyCounts) -> None:
         entry.version += 1
@@ -764,7 +825,8 @@ class OnlineCalibrator:
                 # Censoring unknown: valid only at the hit's own similarity, which is on the
                 # grid only if it sits on an edge. Such feedback rarely counts; pass served_at.
                 level_at = sim
-            entry.add_online(_edge_at_or_above(level_at), _bin_of(sim), bool(ok[0]))
+            for record in (entry, self._unsaved_entry(key)):
+                record.add_online(_edge_at_or_above(level_at), _bin_of(sim), bool(ok[0]))
             self._changed(entry)
 
     def count_lookups(self, key: str, n: int = 1, served_at: float | None = None) -> None:
@@ -795,6 +857,7 @@ class OnlineCalibrator:
                 entry.n_lookups += n
             else:
                 entry.add_lookups(level, n)
+            self._unsaved_entry(key).add_lookups(level, n)
             self._n_lookups += n
 
     def seed(
@@ -815,9 +878,10 @@ class OnlineCalibrator:
         bins = np.array([_bin_of(s) for s in sims], dtype=np.int64)
         with self._lock:
             entry = self._entry(key)
-            np.add.at(entry.seed[0], bins, 1)
-            np.add.at(entry.seed[1], bins[~ok], 1)
-            entry.seed_lookups += n_lookups
+            for record in (entry, self._unsaved_entry(key)):
+                np.add.at(record.seed[0], bins, 1)
+                np.add.at(record.seed[1], bins[~ok], 1)
+                record.seed_lookups += n_lookups
             self._changed(entry)
 
     def _fresh(self, entry: _KeyCounts, memo: tuple) -> bool:
@@ -902,36 +966,38 @@ class OnlineCalibrator:
 
     def to_dict(self) -> dict:
         """Plain types only (msgpack/JSON-able): settings, sparse [bin, hits, wrong] rows, lookups."""
+        with self._lock:
+            return self._as_dict(self._keys)
 
+    def _as_dict(self, keys: Mapping[str, _KeyCounts]) -> dict:
         def sparse(arr: np.ndarray) -> list[list[int]]:
             return [[int(i), int(arr[0, i]), int(arr[1, i])] for i in np.flatnonzero(arr[0])]
 
-        with self._lock:
-            return {
-                "version": SNAPSHOT_VERSION,
-                "bin_width": BIN_WIDTH,
-                "settings": {
-                    "delta": self.delta,
-                    "confidence": self.confidence,
-                    "min_hits": self.min_hits,
-                    "starts": self.starts,
-                    "max_threshold": self.max_threshold,
-                    "rate": self.rate,
-                    "feedback_rate": self.feedback_rate,
-                    "explore_gap": self.explore_gap,
-                    "horizon": self.horizon,
-                },
-                "keys": {
-                    key: {
-                        "seed": sparse(entry.seed),
-                        "seed_lookups": entry.seed_lookups,
-                        "online": {str(level): sparse(arr) for level, arr in sorted(entry.online.items())},
-                        "lookups": {str(level): n for level, n in sorted(entry.lookups.items())},
-                        "last_threshold": entry.last_threshold,
-                    }
-                    for key, entry in self._keys.items()
-                },
-            }
+        return {
+            "version": SNAPSHOT_VERSION,
+            "bin_width": BIN_WIDTH,
+            "settings": {
+                "delta": self.delta,
+                "confidence": self.confidence,
+                "min_hits": self.min_hits,
+                "starts": self.starts,
+                "max_threshold": self.max_threshold,
+                "rate": self.rate,
+                "feedback_rate": self.feedback_rate,
+                "explore_gap": self.explore_gap,
+                "horizon": self.horizon,
+            },
+            "keys": {
+                key: {
+                    "seed": sparse(entry.seed),
+                    "seed_lookups": entry.seed_lookups,
+                    "online": {str(level): sparse(arr) for level, arr in sorted(entry.online.items())},
+                    "lookups": {str(level): n for level, n in sorted(entry.lookups.items())},
+                    "last_threshold": entry.last_threshold,
+                }
+                for key, entry in keys.items()
+            },
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> OnlineCalibrator:

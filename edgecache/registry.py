@@ -16,7 +16,7 @@ from .config import CacheConfig
 from .embedder import Embedder
 from .errors import ConflictError, SnapshotError
 from .load import LoadSignal
-from .stores import MemoryStore, Store, VersionedStore, check_user, user_key
+from .stores import MemoryStore, Store, VersionedStore, check_user, update_versioned, user_key
 
 log = logging.getLogger("edgecache")
 
@@ -239,13 +239,12 @@ class CacheRegistry:
                 written += 1
             except Exception as exc:  # logged by _save
                 failure = failure or exc
-        if pending and self.calibrator is not None:
-            self.store.put(
-                CALIBRATION_KEY,
-                snapshot.encode(
-                    {"fingerprint": self.embedder.fingerprint, "calibration": self.calibrator.to_dict()}
-                ),
-            )
+        if self.calibrator is not None and self.calibrator.has_unsaved():
+            try:
+                self._save_calibration(self.calibrator)
+            except Exception as exc:  # its counts stay unsaved, for the next flush
+                log.exception("saving the calibration statistics failed; will retry on the next flush")
+                failure = failure or exc
         if failure is not None:
             raise failure
         return written
@@ -256,18 +255,60 @@ class CacheRegistry:
         Statistics from another encoder, or a damaged file, are set aside (renamed), never
         silently overwritten: they are thresholds in another similarity scale.
         """
-        policy = self.config.policy
-        assert policy.false_hit_target is not None
         data = self.store.get(CALIBRATION_KEY)
-        if data is not None:
+        try:
+            return self._calibration_from(data)
+        except _UnusableStatistics as exc:
+            self._set_statistics_aside(exc)
+        return self._calibration_from(None)
+
+    def _save_calibration(self, calibrator: OnlineCalibrator) -> None:
+        """Add what this process counted to the stored statistics, which every process serving
+        these users adds to: written over, the others' feedback would be lost. This process
+        then takes in theirs."""
+        counted = calibrator.take_unsaved()
+
+        def add_ours(data: bytes | None) -> bytes:
+            stored = self._calibration_from(data)
+            stored.add_counts(counted)
+            return snapshot.encode(
+                {"fingerprint": self.embedder.fingerprint, "calibration": stored.to_dict()}
+            )
+
+        try:
             try:
-                saved = snapshot.decode(data, self.embedder.fingerprint)["calibration"]
-                saved["settings"] |= policy.calibration_settings()
-                return OnlineCalibrator.from_dict(saved)
-            except (SnapshotError, ValueError, KeyError, TypeError) as exc:
-                aside = keep_aside(self.store, CALIBRATION_KEY, data)
-                log.warning("calibration statistics unusable (%s); kept as %s", exc, aside)
-        return OnlineCalibrator(**policy.calibration_settings())
+                written = self._update(add_ours)
+            except _UnusableStatistics as exc:
+                self._set_statistics_aside(exc)
+                written = self._update(add_ours)
+        except BaseException:
+            calibrator.add_unsaved(counted)
+            raise
+        calibrator.adopt(snapshot.decode(written, self.embedder.fingerprint)["calibration"])
+
+    def _update(self, change: Callable[[bytes | None], bytes]) -> bytes:
+        if isinstance(self.store, VersionedStore):
+            return update_versioned(self.store, CALIBRATION_KEY, change)
+        written = change(self.store.get(CALIBRATION_KEY))
+        self.store.put(CALIBRATION_KEY, written)
+        return written
+
+    def _calibration_from(self, data: bytes | None) -> OnlineCalibrator:
+        """Stored statistics under this configuration's settings (fresh ones for None)."""
+        settings = self.config.policy.calibration_settings()
+        if data is None:
+            return OnlineCalibrator(**settings)
+        try:
+            saved = snapshot.decode(data, self.embedder.fingerprint)["calibration"]
+            saved["settings"] |= settings
+            return OnlineCalibrator.from_dict(saved)
+        except (SnapshotError, ValueError, KeyError, TypeError) as exc:
+            raise _UnusableStatistics(data, exc) from exc
+
+    def _set_statistics_aside(self, unusable: _UnusableStatistics) -> None:
+        aside = keep_aside(self.store, CALIBRATION_KEY, unusable.data)
+        self.store.delete(CALIBRATION_KEY)
+        log.warning("calibration statistics unusable (%s); kept as %s", unusable.why, aside)
 
     def _retire(self, cache: SemanticCache) -> None:
         _add_counters(self._retired, cache)
@@ -292,6 +333,14 @@ def _add_counters(totals: dict[str, Counter[str]], cache: SemanticCache) -> None
     """Add the cache's per-category counters (not its gauges) to `totals`."""
     for category, counts in cache.stats().categories.items():
         totals.setdefault(category, Counter()).update({c: counts[c] for c in COUNTERS})
+
+
+class _UnusableStatistics(Exception):
+    """Stored calibration statistics that cannot be read here (damaged, another encoder's)."""
+
+    def __init__(self, data: bytes, why: Exception) -> None:
+        super().__init__(str(why))
+        self.data, self.why = data, why
 
 
 def keep_aside(store: Store, key: str, data: bytes) -> str:

@@ -294,6 +294,69 @@ def test_registry_shares_and_persists_feedback_statistics(tmp_path, embedder, cl
     assert fresh.calibrator.keys() == [] and store.get(f"{CALIBRATION_KEY}.bad") == b"garbage"
 
 
+def _feedback_counted(calibrator) -> int:
+    return sum(
+        row[1]
+        for key in calibrator.to_dict()["keys"].values()
+        for rows in key["online"].values()
+        for row in rows
+    )
+
+
+def _give_feedback(registry, user: str, times: int) -> None:
+    with registry.use(user, mutate=True) as cache:
+        eid = cache.insert("alpha beta gamma delta", "x")
+        for _ in range(times):
+            assert cache.lookup("alpha beta gamma delta").hit
+            cache.feedback(eid, correct=True)
+
+
+def test_processes_sharing_statistics_add_theirs_up(tmp_path, embedder, clock):
+    from edgecache import LocalFolderStore
+    from edgecache.registry import CacheRegistry
+
+    cfg = CacheConfig(threshold=0.5, policy=Policy(false_hit_target=0.05, classify=False))
+    first, second = (CacheRegistry(LocalFolderStore(tmp_path), cfg, embedder, clock=clock) for _ in range(2))
+    _give_feedback(first, "a", 7)
+    _give_feedback(second, "b", 5)
+    first.flush()
+    second.flush()
+    assert (
+        _feedback_counted(CacheRegistry(LocalFolderStore(tmp_path), cfg, embedder, clock=clock).calibrator)
+        == 12
+    )
+    assert _feedback_counted(second.calibrator) == 12  # took in the first's on its flush
+    _give_feedback(first, "a", 1)
+    first.flush()  # adds its one, takes in the second's five; nothing counted twice
+    assert _feedback_counted(first.calibrator) == 13
+    assert (
+        _feedback_counted(CacheRegistry(LocalFolderStore(tmp_path), cfg, embedder, clock=clock).calibrator)
+        == 13
+    )
+
+
+def test_statistics_that_fail_to_save_are_saved_by_the_next_flush(embedder, clock):
+    from edgecache.registry import CALIBRATION_KEY, CacheRegistry
+
+    class Failing(MemoryStore):
+        fail = True
+
+        def put_if(self, key, data, expected):
+            if key == CALIBRATION_KEY and self.fail:
+                raise OSError("store unreachable")
+            return super().put_if(key, data, expected)
+
+    cfg = CacheConfig(threshold=0.5, policy=Policy(false_hit_target=0.05, classify=False))
+    store = Failing()
+    registry = CacheRegistry(store, cfg, embedder, clock=clock)
+    _give_feedback(registry, "a", 3)
+    with pytest.raises(OSError):
+        registry.flush()
+    store.fail = False
+    assert registry.flush() == 0  # no cache changed; the statistics are still written
+    assert _feedback_counted(CacheRegistry(store, cfg, embedder, clock=clock).calibrator) == 3
+
+
 def test_bodies_expire_no_earlier_than_their_entry_could_be_served(embedder, clock, config):
     seen = {}
 
