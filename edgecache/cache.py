@@ -119,6 +119,7 @@ class SemanticCache:
         self._unconfirmed: dict[str, _Pending] = {}
         # Ids of the writes the state derives from, newest last (`snapshot.writes`).
         self._lineage: list[str] = []
+        self._replacing = False  # after `restore`: the next save writes over, never merges
         # Hits and feedback since the last save, by entry: counts add up, so a merge adds
         # them to the other writer's copy of the entry instead of losing them.
         self._pending_counts: dict[int, Counter[str]] = {}
@@ -132,12 +133,12 @@ class SemanticCache:
         if isinstance(self.store, VersionedStore):
             found = self.store.get_versioned(self.key)
             if found is not None:
-                self.restore(found[0])
+                self._load(found[0])
                 self._version = found[1]
         else:
             existing = self.store.get(self.key)
             if existing is not None:
-                self.restore(existing)
+                self._load(existing)
 
     @property
     def key(self) -> str:
@@ -765,9 +766,9 @@ class SemanticCache:
                 version = self.store.put_if(self.key, data, expected)
             except ConflictError:
                 current = self.store.get_versioned(self.key)
-                if current is None:  # deleted meanwhile: ours becomes the first version
+                if current is None or self._replacing:  # deleted meanwhile, or to be written over
                     with self._lock:
-                        self._version = None
+                        self._version = None if current is None else current[1]
                 else:
                     self._merge(*current)
                 continue
@@ -797,6 +798,7 @@ class SemanticCache:
             self._unconfirmed.clear()
             self._lineage = written.writes
             self._version = version
+            self._replacing = False
             self.synced_at = time.monotonic()
 
     def _forget(self, written: _Pending) -> None:
@@ -817,13 +819,24 @@ class SemanticCache:
             return False
         with self._sync_lock:
             current = self.store.get_versioned(self.key)
-            if current is None or current[1] == self._version:
+            if current is None or current[1] == self._version or self._replacing:
                 return False
             self._merge(*current)
             return True
 
     def restore(self, data: bytes) -> None:
-        """Replace the in-memory state with a snapshot; on any error nothing changes."""
+        """Replace the in-memory state with a snapshot; on any error nothing changes. The next
+        save writes this state over what the store holds then, whoever wrote it: a restore
+        chooses a state, it is not a change to merge with other writers' (a merge would bring
+        back entries the restored snapshot does not hold)."""
+        self._load(data)
+        with self._lock:
+            self._pending_add.clear()
+            self._pending_remove.clear()
+            self._pending_counts.clear()
+            self._replacing = True
+
+    def _load(self, data: bytes) -> None:
         entries, index, writes = self._decode(data)
         with self._lock:
             self._install(entries, index)

@@ -188,6 +188,26 @@ def test_a_landed_write_another_writer_built_on_is_not_applied_twice(embedder, c
     assert (final.get(kept).hits, final.get(kept).wrong_feedback) == (1, 1)
 
 
+def test_a_restored_state_is_written_over_other_writers_saves(embedder, clock, config):
+    store = MemoryStore()
+    mine = writer(store, embedder, clock, config)
+    kept = mine.insert("how tall is mount everest", "8849 m")
+    backup = mine.to_bytes()
+    mine.insert("what is the capital of france", "Paris")
+    mine.save()
+    other = writer(store, embedder, clock, config)
+    other.insert("who painted the mona lisa", "Leonardo")
+    other.save()
+    mine.restore(backup)
+    assert not mine.refresh()  # the restore is not undone by what others saved
+    after = mine.insert("what is the boiling point of water", "100 C")
+    mine.save()
+    assert set(writer(store, embedder, clock, config)._entries) == {kept, after}
+    other.insert("how far is the moon", "384,400 km")
+    other.save()  # from here on, saves merge again
+    assert len(writer(store, embedder, clock, config)) == 3
+
+
 def test_a_snapshots_write_history_is_checked(embedder, clock, config):
     from edgecache import snapshot
 
