@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ import numpy as np
 from .cache import SemanticCache
 from .config import CacheConfig
 from .embedder import Embedded, ProjectedEncoder, shared_embedder
-from .evaldata import data_root
-from .evalrun import qqp_vectors
+from .errors import ConfigError
+from .evaldata import Pair, data_file, load_qqp, qqp_path
+from .evalrun import prepare_out_dir, qqp_vectors
 from .machine import describe as describe_machine
 from .stores import LocalFolderStore
 
@@ -133,7 +135,7 @@ class GPTCacheSide:
                 "--n-queries",
                 str(queries),
                 "--input",
-                str(data_root() / "paraphrase" / "qqp_dev.jsonl.gz"),
+                str(qqp_path()),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -205,14 +207,32 @@ def alternate_lookups(
     return ms, {"error": error}
 
 
-def run_bench(
-    out_dir: Path, sizes: list[int], queries: int = 1000, gptcache_python: str | None = None
-) -> dict:
-    config = CacheConfig()
-    real = shared_embedder(config.projection, threads=1)
-    data = qqp_vectors(real.encoder)
-    firsts = sorted({p.a for split in data.splits.values() for p in split})
-    seconds = sorted({p.b for split in data.splits.values() for p in split} - set(firsts))
+# Questions timed as single and as batched inserts.
+SINGLE_INSERTS, BULK_INSERTS = 500, 2000
+
+
+@dataclass
+class BenchTexts:
+    query_sets: dict[int, list[str]]
+    embed_sets: dict[int, list[str]]
+    insert_texts: list[str]
+    bulk_texts: list[str]
+    pool: list[str]  # what the caches are filled from
+
+
+def bench_texts(splits: dict[str, list[Pair]], sizes: list[int], queries: int) -> BenchTexts:
+    """The QQP questions each part of the bench uses, none used twice; a ConfigError when the
+    data holds too few for these sizes and query counts."""
+    firsts = sorted({p.a for split in splits.values() for p in split})
+    seconds = sorted({p.b for split in splits.values() for p in split} - set(firsts))
+    timed = 2 * len(sizes) * queries
+    if timed + SINGLE_INSERTS + BULK_INSERTS > len(seconds):
+        most = (len(seconds) - SINGLE_INSERTS - BULK_INSERTS) // (2 * len(sizes))
+        raise ConfigError(
+            f"--queries {queries} with {len(sizes)} sizes needs {timed + SINGLE_INSERTS + BULK_INSERTS} "
+            f"QQP questions that are never inserted; the data has {len(seconds)}"
+            + (f", enough for --queries {most} at most" if most >= 1 else "")
+        )
     rng = np.random.default_rng(7)
     rng.shuffle(firsts)
     rng.shuffle(seconds)
@@ -222,9 +242,34 @@ def run_bench(
     embed_sets = {
         n: seconds[(len(sizes) + i) * queries : (len(sizes) + i + 1) * queries] for i, n in enumerate(sizes)
     }
-    rest = seconds[2 * len(sizes) * queries :]
-    insert_texts, bulk_texts = rest[:500], rest[500:2500]
-    pool = firsts + rest[2500:]
+    rest = seconds[timed:]
+    pool = firsts + rest[SINGLE_INSERTS + BULK_INSERTS :]
+    if max(sizes) > len(pool):
+        raise ConfigError(
+            f"--sizes {max(sizes)} is more than the {len(pool)} distinct QQP questions left to fill "
+            f"a cache with (at --queries {queries})"
+        )
+    return BenchTexts(
+        query_sets,
+        embed_sets,
+        rest[:SINGLE_INSERTS],
+        rest[SINGLE_INSERTS : SINGLE_INSERTS + BULK_INSERTS],
+        pool,
+    )
+
+
+def run_bench(
+    out_dir: Path, sizes: list[int], queries: int = 1000, gptcache_python: str | None = None
+) -> dict:
+    config = CacheConfig()
+    data_file(qqp_path())  # before the results folder is made
+    prepare_out_dir(out_dir)
+    splits = load_qqp()
+    texts = bench_texts(splits, sizes, queries)  # before the minutes of encoding
+    query_sets, embed_sets, pool = texts.query_sets, texts.embed_sets, texts.pool
+    insert_texts, bulk_texts = texts.insert_texts, texts.bulk_texts
+    real = shared_embedder(config.projection, threads=1)
+    data = qqp_vectors(real.encoder, splits)
     warmup_texts = [f"warm-up question {i}" for i in range(20)]
     fill = _PrecomputedFill(real, data.table)
     results: dict = {
@@ -234,8 +279,6 @@ def run_bench(
     }
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            if n > len(pool):
-                raise ValueError(f"only {len(pool)} distinct QQP questions for {n} entries")
             side = None
             if gptcache_python and n <= GPTCACHE_MAX_ENTRIES:
                 print(f"filling GPTCache with {n} entries (~{n // 70 + 10} s)", flush=True)
@@ -310,6 +353,5 @@ def run_bench(
                 f"{row['ratio_gptcache_over_edgecache_p50']:.1f}x faster",
                 flush=True,
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2))
     return results

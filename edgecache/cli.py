@@ -36,14 +36,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import CacheServer
     from .stores import LocalFolderStore
 
+    # Everything checked in moments comes first: loading the encoder takes seconds.
     config = load_config(args.config)
     store_dir = _store_dir(args.store)
-    embedder = shared_embedder(config.projection, threads=config.encoder_threads)
     try:
         load = BackendMonitor(*args.backend_latency) if args.backend_latency else BackendMonitor()
     except ValueError as exc:
         raise EdgecacheError(f"--backend-latency: {exc}") from exc
+    upstream = None
+    if args.upstream_url:
+        settings = ProxySettings(
+            args.upstream_url, os.environ.get("EDGECACHE_UPSTREAM_API_KEY"), args.max_temperature
+        )
+        upstream = Upstream(settings, monitor=load)
     stores = [LocalFolderStore(store_dir)] + ([LocalFolderStore(Path(args.bodies))] if args.bodies else [])
+    embedder = shared_embedder(config.projection, threads=config.encoder_threads)
     registry = CacheRegistry(
         stores[0],
         config,
@@ -54,12 +61,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # A configuration no cache can be built with fails now, not on every request.
     SemanticCache("edgecache-startup-check", config=config, embedder=embedder)
-    upstream = None
-    if args.upstream_url:
-        settings = ProxySettings(
-            args.upstream_url, os.environ.get("EDGECACHE_UPSTREAM_API_KEY"), args.max_temperature
-        )
-        upstream = Upstream(settings, monitor=load)
     try:
         server = CacheServer(
             registry,
@@ -81,8 +82,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown_async())
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+    except (OSError, EdgecacheError) as exc:  # the last flush, at shutdown: logged per user
+        raise EdgecacheError(
+            f"stopped, but the last save failed ({server.service.save_error}); changes made since"
+            " the last successful flush were not written"
+        ) from exc
     return 0
 
 
@@ -252,18 +259,54 @@ def _port(text: str) -> int:
     return port
 
 
+def _host(text: str) -> str:
+    # An empty host would bind every interface, the opposite of what leaving it out does.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty host would listen on every interface; name one")
+    return text
+
+
+# Headers that cannot carry the user id: hop-by-hop ones a proxy consumes or rewrites, ones
+# this server reads itself, and standard ones any client sets and gateways pass on as sent.
+RESERVED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+        "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "Host", "Content-Length", "Content-Type", "Cache-Control", "Expect",
+        "Cookie", "User-Agent", "Accept", "Origin", "Referer",
+    )
+)  # fmt: skip
+
+
 def _header_name(text: str) -> str:
     if not text or not all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP header name")
+    if text.lower() in RESERVED_HEADERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a standard request header, not one an auth layer sets for the user id"
+        )
     return text
 
 
 def _setting(text: str) -> str:
-    """An eval setting: projection:dtype[:guards]."""
+    """An eval setting: projection:dtype[:guards], projection one `evalrun.projection_for` takes."""
+    from .projection import shipped_names
+
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[1] not in DTYPES or parts[2:] not in ([], ["guards"]):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not projection:dtype[:guards] (dtype one of {', '.join(DTYPES)})"
+        )
+    name, shipped = parts[0], shipped_names()
+    if name.startswith("pca-"):
+        dim = name.removeprefix("pca-")
+        if not (dim.isascii() and dim.isdigit() and int(dim) > 0):
+            raise argparse.ArgumentTypeError(f"{text!r}: pca-N needs a positive whole number N")
+    elif name not in shipped:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown projection {name!r}; use none, pca-N (fitted here) or a shipped one: "
+            f"{', '.join(n for n in shipped if n != 'none')}"
         )
     return text
 
@@ -274,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the local HTTP service on 127.0.0.1")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", type=_host, default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8080, help="0: any free port")
     serve.add_argument("--store", help="snapshot folder (default: $EDGECACHE_HOME/caches)")
     serve.add_argument("--config", help="CacheConfig as .json or .toml")

@@ -15,7 +15,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import EdgecacheError
+
 SPLITS = ("train", "validation", "test")
+CONTEXTUAL_SETS = ("new_claude", "contextual_queries", "context2", "d1", "Synthetic_Dataset_Diverse")
+
+
+class MissingDataError(EdgecacheError, FileNotFoundError):
+    """An evaluation data file that is not where EDGECACHE_DATA (or the repository) puts it."""
 
 
 def data_root() -> Path:
@@ -24,6 +31,26 @@ def data_root() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def data_file(path: Path) -> Path:
+    """`path` when it exists, else a MissingDataError that says how to point at the data."""
+    if not path.is_file():
+        raise MissingDataError(
+            f"evaluation data file {path} is missing; set EDGECACHE_DATA to the folder holding "
+            f"paraphrase/, contextual/ and categories/ (now {data_root()})"
+        )
+    return path
+
+
+def qqp_path() -> Path:
+    return data_root() / "paraphrase" / "qqp_dev.jsonl.gz"
+
+
+def contextual_paths(root: Path | None = None) -> dict[str, Path]:
+    """MeanCache's contextual sets by name, each checked to exist."""
+    folder = (root or data_root()) / "contextual"
+    return {name: data_file(folder / f"meancache_{name}.json") for name in CONTEXTUAL_SETS}
 
 
 @dataclass(frozen=True)
@@ -39,9 +66,8 @@ def _component_split(root: str) -> str:
 
 
 def load_qqp(path: Path | None = None) -> dict[str, list[Pair]]:
-    path = path or data_root() / "paraphrase" / "qqp_dev.jsonl.gz"
     pairs: list[Pair] = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
+    with gzip.open(data_file(path or qqp_path()), "rt", encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
             a, b = str(row["a"]).strip(), str(row["b"]).strip()
@@ -83,15 +109,15 @@ class Conversation:
 
 
 def load_contextual(root: Path | None = None) -> dict[str, list[Conversation]]:
-    folder = (root or data_root()) / "contextual"
-    claude = json.loads((folder / "meancache_new_claude.json").read_text())
+    paths = contextual_paths(root)
+    claude = json.loads(paths.pop("new_claude").read_text())
     out = {
         "new_claude": [
             Conversation(r["u0"], r["u1"], r.get("u0_duplicate"), r.get("u1_duplicate")) for r in claude
         ]
     }
-    for name in ("contextual_queries", "context2", "d1", "Synthetic_Dataset_Diverse"):
-        rows = json.loads((folder / f"meancache_{name}.json").read_text())
+    for name, path in paths.items():
+        rows = json.loads(path.read_text())
         out[name] = [Conversation(r["Main Query"], r["Follow-Up Query"], None, None) for r in rows]
     return out
 
@@ -145,7 +171,7 @@ def load_followup_pairs(path: Path = FOLLOWUP_PAIRS) -> list[FollowUpPair]:
     follow-up per topic, so they never test the hard case inside a conversation, another
     question about the same thing ("When was it built?" cached, "Who designed it?" asked)."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; it ships in the edgecache repository (benchmarks/data)")
+        raise MissingDataError(f"{path} is missing; it ships in the edgecache repository (benchmarks/data)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     keys = ("context", "cached", "asked_context", "asked")
     return [FollowUpPair(*(r[k] for k in keys), must_hit=bool(r["must_hit"])) for r in rows]
@@ -166,7 +192,7 @@ def load_shared_followups(
     Treaty of Versailles. Keyed by (follow-up, {first turn, first turn}).
     """
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; it ships in the edgecache repository (benchmarks/data)")
+        raise MissingDataError(f"{path} is missing; it ships in the edgecache repository (benchmarks/data)")
     sets = sets if sets is not None else load_contextual()
     judged: dict[tuple[str, frozenset[str]], bool] = {}
     for line_no, line in enumerate(path.read_text().splitlines(), 1):

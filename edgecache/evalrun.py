@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,13 +16,17 @@ from . import metrics
 from .config import CacheConfig
 from .embcache import encode_cached
 from .encoder import Encoder, load_encoder
+from .errors import ConfigError
 from .evaldata import (
     Pair,
+    contextual_paths,
+    data_file,
     disjoint_halves,
     load_contextual,
     load_followup_pairs,
     load_qqp,
     load_shared_followups,
+    qqp_path,
 )
 from .evaluation import (
     balanced_rows,
@@ -78,8 +83,8 @@ class QQPVectors:
 
 
 def qqp_vectors(encoder: Encoder | None = None, splits=None) -> QQPVectors:
+    splits = splits or load_qqp()  # first: missing data is reported before the model loads
     encoder = encoder or load_encoder()
-    splits = splits or load_qqp()
     texts = sorted({t for s in splits.values() for p in s for t in (p.a, p.b)})
     vectors = encode_cached(encoder, texts, desc="encoding QQP")
     unseen = {t: spans for t, spans in zip(texts, encoder.unseen(texts), strict=True) if spans}
@@ -328,11 +333,30 @@ def plot_pr(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Create the results folder now: a run takes minutes, and must not fail at its end."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write results to {out_dir}: permission denied")
+    return out_dir
+
+
 def run_eval(out_dir: Path, settings: list[tuple[str, ...]], with_compression: bool = True) -> dict:
     started = time.time()
     config = CacheConfig()
+    # Missing data first, then the results folder: both before minutes of work.
+    data_file(qqp_path())
+    contextual_paths()
+    prepare_out_dir(out_dir)
+    splits = load_qqp()
     encoder = load_encoder()
-    data = qqp_vectors(encoder)
+    for name, *_ in settings:
+        if name.startswith("pca-") and int(name.removeprefix("pca-")) > encoder.dim:
+            raise ConfigError(f"{name}: a PCA projection has at most the encoder's {encoder.dim} dimensions")
+    data = qqp_vectors(encoder, splits)
     results: dict = {
         "encoder": encoder.fingerprint,
         "machine": describe_machine(),
@@ -366,7 +390,6 @@ def run_eval(out_dir: Path, settings: list[tuple[str, ...]], with_compression: b
     if with_compression:
         results["compression"] = compression_table(data)
     results["seconds"] = round(time.time() - started, 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
     plot_pr(results, out_dir / "eval_pr.png")
     return results

@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import ConfigError
+
 DEFAULT_MODEL_NAME = "minilm-l6-int8"
 
 
@@ -16,6 +18,18 @@ def edgecache_home() -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "edgecache"
+
+
+def make_dirs(path: Path) -> Path:
+    """`path`, created with its parents when missing, or a ConfigError that says why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the folder {path}: {exc.strerror or exc}; EDGECACHE_HOME (or --home) "
+            "must name a folder edgecache can write to"
+        ) from exc
+    return path
 
 
 def models_dir(home: Path | None = None) -> Path:

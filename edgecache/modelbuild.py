@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import TOKENIZER_FILE, Encoder, configure_tokenizer
-from .home import DEFAULT_MODEL_NAME, install_content_addressed, models_dir, sha256_file, write_current
+from .home import (
+    DEFAULT_MODEL_NAME,
+    install_content_addressed,
+    make_dirs,
+    models_dir,
+    sha256_file,
+    write_current,
+)
 
 # Chosen by measurement (benchmarks/quantization.py, results in benchmarks/results/):
 # per-channel int8 weights keep cosine to fp32 >= 0.95 where per-tensor falls to 0.85.
@@ -205,9 +212,8 @@ def build_model(
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    target_root = make_dirs(models_dir(home) / name)
     src = source_model_dir()
-    target_root = models_dir(home) / name
-    target_root.mkdir(parents=True, exist_ok=True)
     steps = 5
     tmp = Path(tempfile.mkdtemp(dir=target_root, prefix=".build-"))
     try:

@@ -103,6 +103,9 @@ class Service:
     def __init__(self, registry: CacheRegistry, upstream: Upstream | None = None) -> None:
         self.registry = registry
         self.upstream = upstream
+        # Why the last flush failed; None once one succeeds. Requests keep succeeding while
+        # saves fail, so /health is where the data loss shows.
+        self.save_error: str | None = None
         self.routes: dict[tuple[str, str], Callable[[str, dict], dict]] = {
             ("POST", "/v1/lookup"): self.lookup,
             ("POST", "/v1/insert"): self.insert,
@@ -151,6 +154,22 @@ class Service:
     def stats(self, user: str, body: dict) -> dict:
         with self.registry.use(user) as cache:
             return cache.stats().to_dict()
+
+    def flush(self) -> None:
+        """Write changed caches back, remembering for /health whether that worked."""
+        try:
+            self.registry.flush()
+        except Exception as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.save_error = f"{type(exc).__name__}: {reason}"
+            raise
+        self.save_error = None
+
+    def health(self) -> dict:
+        out = {"status": "ok", "vectors": self.registry.embedder.fingerprint[:12]}
+        if self.save_error is not None:
+            out |= {"status": "saves_failing", "save_error": self.save_error}
+        return out
 
     def chat(self, user: str, body: dict, cache_control: str = "") -> Reply:
         """OpenAI-compatible chat completions through the cache (edgecache.proxy)."""
@@ -485,9 +504,7 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             path = self.path.split("?", 1)[0]
             try:
                 if path == "/health" and self.command == "GET":
-                    return self._reply(
-                        HTTPStatus.OK, {"status": "ok", "vectors": service.registry.embedder.fingerprint[:12]}
-                    )
+                    return self._reply(HTTPStatus.OK, service.health())
                 if path == "/metrics" and self.command == "GET":
                     return self._reply(HTTPStatus.OK, service.metrics_text(), "text/plain; version=0.0.4")
                 if path == CHAT_PATH and self.command == "POST":
@@ -541,7 +558,7 @@ class CacheServer:
     def _flush_loop(self) -> None:
         while not self._stop.wait(self._flush_seconds):
             try:
-                self.registry.flush()
+                self.service.flush()
             except Exception:
                 log.exception("background flush failed")
 
@@ -555,7 +572,7 @@ class CacheServer:
     def close(self) -> None:
         self._stop.set()
         self.httpd.server_close()
-        self.registry.flush()
+        self.service.flush()
 
     def shutdown(self) -> None:
         """Stop serve_forever from another thread (it blocks until the loop exits)."""

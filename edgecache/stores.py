@@ -163,6 +163,14 @@ class LocalFolderStore:
             raise ConfigError(f"cannot use {self.root} as a store folder: {exc.strerror or exc}") from exc
         if not self.root.is_dir():
             raise ConfigError(f"cannot use {self.root} as a store folder: not a folder")
+        # A folder that can be read but not written would lose every save, silently until
+        # the first flush; a probe named like our temp files is cleaned up as one if it stays.
+        try:
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-check.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {self.root} as a store folder: {exc.strerror or exc}") from exc
         self._remove_stale_temps()
 
     def _remove_stale_temps(self) -> None:

@@ -28,14 +28,25 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling `fn` gives a coroutine: a coroutine function, an object whose
+    `__call__` is one (which iscoroutinefunction does not look into), or a partial of either."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    # Calling an object runs its type's __call__, so a class with an async __call__ is not
+    # itself async: calling the class makes an instance.
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
 def cached(
     cache: SemanticCache,
     ttl_seconds: float | None = None,
     monitor: BackendMonitor | None = None,
     category: str | None = None,
 ):
-    """Decorate `fn(prompt, *args, context=None, **kwargs) -> str`, a coroutine function, or
-    a method (`self`/`cls` come before the prompt).
+    """Decorate `fn(prompt, *args, context=None, **kwargs) -> str`, a coroutine function (or
+    a partial of one, or an object with an `async def __call__`), or a method (`self`/`cls`
+    come before the prompt).
 
     The prompt (the first argument) and the optional `context` argument (the previous user
     turns, passed by keyword or in its place) form the cache key; other arguments are passed
@@ -85,7 +96,7 @@ def cached(
                 # The call is paid for: the caller gets its result even when it cannot be cached.
                 log.warning("result of %s not cached: %s", label, exc)
 
-        if inspect.iscoroutinefunction(fn):
+        if _is_async(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args, **kwargs) -> Any:
@@ -119,7 +130,16 @@ def cached(
                 record(started, exc)
                 raise
             record(started)
-            keep(prompt, answer, context)
+            if inspect.isawaitable(answer):
+                # Caching it would store the awaitable, and a later hit would hand back a str
+                # where the caller awaits one.
+                log.warning(
+                    "result of %s not cached: it returned an awaitable; declare it `async def` "
+                    "so the cache awaits it",
+                    label,
+                )
+            else:
+                keep(prompt, answer, context)
             return answer
 
         return wrapper

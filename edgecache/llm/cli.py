@@ -24,9 +24,11 @@ APP_NAME = "llm"
 
 
 def cmd_llm_build(args: argparse.Namespace) -> int:
+    from ..home import llm_dir, make_dirs
     from .model import ModelNotAvailableError, build_packaged_model, packaged_model_path
 
     home = Path(args.home) if args.home else None
+    make_dirs(llm_dir(home))  # a home that is not a folder is refused before the slow build
     if not args.force:
         try:
             path = packaged_model_path(home)

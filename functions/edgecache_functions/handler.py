@@ -29,6 +29,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ from http import HTTPStatus
 from typing import Any
 
 from edgecache.config import CacheConfig
+from edgecache.errors import ConfigError
 from edgecache.proxy import ProxySettings, Reply, Upstream
 from edgecache.server import CHAT_PATH, MAX_BODY_BYTES, HttpError, Service, error_response, json_body
 
@@ -217,11 +219,11 @@ def service_from_environment(env: Mapping[str, str] = os.environ) -> Service:
     from edgecache.load import BackendMonitor
     from edgecache.registry import CacheRegistry
 
-    config = (
-        CacheConfig.from_dict(json.loads(env["EDGECACHE_CONFIG"]))
-        if env.get("EDGECACHE_CONFIG")
-        else CacheConfig()
-    )
+    config = _config(env)
+    max_users = _env_number(env, "EDGECACHE_MAX_USERS", int, 64, 1, "a positive integer")
+    refresh = _env_number(env, "EDGECACHE_REFRESH_SECONDS", float, 5.0, 0.0, "a number of seconds >= 0")
+    if not env.get("EDGECACHE_BUCKET"):
+        raise ConfigError("EDGECACHE_BUCKET must name the S3 bucket that holds the snapshots")
     store = S3Store(
         env["EDGECACHE_BUCKET"],
         prefix=env.get("EDGECACHE_PREFIX", "edgecache/"),
@@ -234,15 +236,43 @@ def service_from_environment(env: Mapping[str, str] = os.environ) -> Service:
         store,
         config,
         shared_embedder(config.projection, threads=config.encoder_threads),
-        max_loaded=int(env.get("EDGECACHE_MAX_USERS", "64")),
+        max_loaded=max_users,
         bodies=bodies,
         load=monitor,
-        refresh_seconds=float(env.get("EDGECACHE_REFRESH_SECONDS", "5")),
+        refresh_seconds=refresh,
     )
     upstream = None
     if env.get("EDGECACHE_UPSTREAM_URL"):
         upstream = Upstream(ProxySettings(env["EDGECACHE_UPSTREAM_URL"], _upstream_key(env)), monitor)
     return Service(registry, upstream)
+
+
+def _config(env: Mapping[str, str]) -> CacheConfig:
+    text = env.get("EDGECACHE_CONFIG")
+    if not text:
+        return CacheConfig()
+    try:
+        return CacheConfig.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"EDGECACHE_CONFIG is not JSON: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"EDGECACHE_CONFIG: {exc}") from exc
+
+
+def _env_number(
+    env: Mapping[str, str], name: str, kind: type[int] | type[float], default: float, low: float, what: str
+) -> Any:
+    """`name` read as a finite `kind` >= low (the limits `edgecache serve` puts on its flags)."""
+    text = env.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < low:
+        raise ConfigError(f"{name} must be {what}, got {text!r}")
+    return value
 
 
 def _upstream_key(env: Mapping[str, str]) -> str | None:

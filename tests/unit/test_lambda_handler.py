@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 
 import pytest
 
@@ -180,3 +181,41 @@ def test_eager_handler_builds_and_warms_during_init(embedder, config):
     assert built == [1]  # before any event
     assert handle(event("/v1/lookup", {"query": "anything"}), None)["statusCode"] == 200
     assert built == [1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"EDGECACHE_MAX_USERS": "0"}, "EDGECACHE_MAX_USERS must be a positive integer, got '0'"),
+        ({"EDGECACHE_MAX_USERS": "-3"}, "EDGECACHE_MAX_USERS must be a positive integer"),
+        ({"EDGECACHE_MAX_USERS": "abc"}, "EDGECACHE_MAX_USERS must be a positive integer, got 'abc'"),
+        ({"EDGECACHE_MAX_USERS": "2.5"}, "EDGECACHE_MAX_USERS must be a positive integer"),
+        ({"EDGECACHE_REFRESH_SECONDS": "nan"}, "EDGECACHE_REFRESH_SECONDS must be a number of seconds"),
+        ({"EDGECACHE_REFRESH_SECONDS": "-1"}, "EDGECACHE_REFRESH_SECONDS must be a number of seconds"),
+        ({"EDGECACHE_REFRESH_SECONDS": "inf"}, "EDGECACHE_REFRESH_SECONDS must be a number of seconds"),
+        ({"EDGECACHE_CONFIG": "{bad"}, "EDGECACHE_CONFIG is not JSON"),
+        ({"EDGECACHE_CONFIG": '{"threshold": 2}'}, "EDGECACHE_CONFIG: threshold"),
+        ({"EDGECACHE_CONFIG": "[1]"}, "EDGECACHE_CONFIG: a config is a mapping"),
+        ({"EDGECACHE_BUCKET": ""}, "EDGECACHE_BUCKET"),
+    ],
+)
+def test_environment_errors_name_the_variable(extra, message):
+    from edgecache import ConfigError
+    from edgecache_functions.handler import service_from_environment
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        service_from_environment({"EDGECACHE_BUCKET": "my-bucket", **extra})
+
+
+def test_environment_numbers_reach_the_registry(monkeypatch, embedder):
+    import edgecache.aws_stores
+    import edgecache.embedder
+    from edgecache_functions.handler import service_from_environment
+
+    monkeypatch.setattr(edgecache.aws_stores, "S3Store", lambda *a, **k: MemoryStore())
+    monkeypatch.setattr(edgecache.embedder, "shared_embedder", lambda *a, **k: embedder)
+    env = {"EDGECACHE_BUCKET": "b", "EDGECACHE_MAX_USERS": "3", "EDGECACHE_REFRESH_SECONDS": "0"}
+    registry = service_from_environment(env).registry
+    assert (registry.max_loaded, registry.refresh_seconds) == (3, 0.0)
+    registry = service_from_environment({"EDGECACHE_BUCKET": "b"}).registry
+    assert (registry.max_loaded, registry.refresh_seconds) == (64, 5.0)

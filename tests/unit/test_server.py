@@ -453,3 +453,61 @@ def test_clear_sets_an_unreadable_snapshot_aside(server, tmp_path):
     finally:
         fresh.shutdown()
         thread.join(timeout=5)
+
+
+def test_a_store_folder_that_cannot_be_written_is_refused_when_opened(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from edgecache import ConfigError
+
+    LocalFolderStore(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing behind
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(ConfigError, match=f"cannot use {tmp_path} as a store folder: Read-only file system"):
+        LocalFolderStore(tmp_path)
+
+
+def test_health_says_saves_are_failing_until_a_flush_succeeds(tmp_path, embedder, config):
+    import errno
+    import time
+
+    from edgecache import MemoryStore
+
+    class FlakyStore(MemoryStore):
+        failing = True
+
+        def put_if(self, key, data, expected):
+            if self.failing:
+                raise OSError(errno.EROFS, "Read-only file system")
+            return super().put_if(key, data, expected)
+
+    def health_once(srv, status):
+        """/health once it says `status`, or as it is after 5 s of flushes."""
+        deadline = time.monotonic() + 5
+        while (health := call(srv, "GET", "/health", user=None)[1])["status"] != status:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return health
+
+    store = FlakyStore()
+    servers = serving(CacheRegistry(store, config, embedder), flush_seconds=0.02)
+    srv = next(servers)
+    try:
+        assert call(srv, "GET", "/health", user=None)[1]["status"] == "ok"
+        assert call(srv, "POST", "/v1/insert", {"query": "what is edgecache", "response": "r"})[0] == 200
+        assert health_once(srv, "saves_failing") == {
+            "status": "saves_failing",
+            "vectors": embedder.fingerprint[:12],
+            "save_error": "OSError: Read-only file system",
+        }
+        store.failing = False
+        assert health_once(srv, "ok") == {"status": "ok", "vectors": embedder.fingerprint[:12]}
+    finally:
+        store.failing = False  # so that stopping the server can save
+        next(servers, None)
