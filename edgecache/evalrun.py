@@ -163,12 +163,14 @@ def evaluate_setting(
                 lambda split, rows: sweep_of(hits[split], labels[split], rows=rows),
                 labels,
                 whole_validation_threshold=out["pairwise"]["validation_best"]["threshold"],
+                default_threshold=threshold,
             ),
             "retrieval": balanced_report(
                 lambda split, rows: retrieved([data.splits[split][i] for i in rows])[0],
                 labels,
                 MIN_PRECISION,
                 whole_validation_threshold=out["retrieval"]["validation_best"]["threshold"],
+                default_threshold=threshold,
             ),
         }
     return out
@@ -179,6 +181,7 @@ def balanced_report(
     labels: dict[str, np.ndarray],
     min_precision: float = 0.0,
     whole_validation_threshold: float | None = None,
+    default_threshold: float | None = None,
 ) -> dict:
     """A protocol on MeanCache's half-duplicate construction (`balanced_rows`).
 
@@ -200,12 +203,15 @@ def balanced_report(
         return {
             "threshold": threshold,
             **{m: float(np.mean([getattr(d, m) for d in draws])) for m in ("precision", "recall", "f1")},
+            "hits": float(np.mean([d.tp + d.fp for d in draws])),
             "f1_range": [min(d.f1 for d in draws), max(d.f1 for d in draws)],
             "seeds": list(BALANCED_SEEDS),
         }
 
     candidates = [mean_at(val_sweeps, s.threshold) for s in val_sweeps[0]]
-    eligible = [c for c in candidates if c["precision"] >= min_precision] or candidates
+    eligible = [
+        c for c in candidates if metrics.meets(c["precision"], c["hits"], min_precision)
+    ] or candidates
     chosen = max(eligible, key=lambda c: (round(c["f1"], 6), c["threshold"]))
     pairs = {"pairs": 2 * int(np.sum(labels["test"] == 1))}
     out = {
@@ -215,6 +221,8 @@ def balanced_report(
     }
     if whole_validation_threshold is not None:
         out["test_at_whole_validation_threshold"] = mean_at(test_sweeps, whole_validation_threshold) | pairs
+    if default_threshold is not None:
+        out["test_at_default_threshold"] = mean_at(test_sweeps, default_threshold) | pairs
     return out
 
 
@@ -272,8 +280,13 @@ def contextual_report(config: CacheConfig, encoder: Encoder, projection: Project
 
     def both(convs: list, prs: list, cfg: CacheConfig) -> dict:
         c, p = contextual(convs, embedder, cfg, judged), followup_pairs(prs, embedder, cfg)
-        out = {"pooled": pooled(c, p), "new_claude": c, "same_topic_pairs": p}
-        for part in out.values():
+        out = {
+            "pooled": pooled(c, p),
+            "pooled_follow_ups_only": pooled(c["follow_ups_only"], p),
+            "new_claude": c,
+            "same_topic_pairs": p,
+        }
+        for part in (*out.values(), c["follow_ups_only"]):
             part["precision_ci95"] = metrics.precision_interval(part["tp"], part["fp"])
         return out
 
@@ -282,7 +295,13 @@ def contextual_report(config: CacheConfig, encoder: Encoder, projection: Project
         for ctx in CONTEXT_GRID:
             cfg = replace(config, followup_threshold=followup, context_threshold=ctx)
             sweep.append((both(tune_claude, tune_pairs, cfg), followup, ctx))
-    eligible = [s for s in sweep if s[0]["pooled"]["precision"] >= CONTEXT_MIN_PRECISION] or sweep
+    eligible = [
+        s
+        for s in sweep
+        if metrics.meets(
+            s[0]["pooled"]["precision"], s[0]["pooled"]["tp"] + s[0]["pooled"]["fp"], CONTEXT_MIN_PRECISION
+        )
+    ] or sweep
     best, followup, ctx = max(eligible, key=lambda s: (s[0]["pooled"]["f1"], s[1], s[2]))
     chosen = replace(config, followup_threshold=followup, context_threshold=ctx)
     out: dict = {

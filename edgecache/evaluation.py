@@ -245,7 +245,9 @@ def contextual(
       answer does not carry over to (the topic matches, the question does not);
     - standalone: a follow-up asked with no context.
     `precision`/`f1` count every kind; `meancache_*` count only other_first_turn and
-    standalone, the negatives of MeanCache's own protocol.
+    standalone, the negatives of MeanCache's own protocol; `follow_ups_only` leaves out the
+    paraphrased first turns asked alone (positives of standalone retrieval, not of context:
+    most of the hits on new_claude are theirs).
     """
     cache = SemanticCache("eval", store=MemoryStore(), config=config, embedder=embedder)
     first_ids: dict[str, int] = {}
@@ -283,6 +285,7 @@ def contextual(
         return lambda eid: eid in first_of and same_topic(first_of[eid], c.u0)
 
     shared = {"asked": 0, "right_hits": 0}
+    first_turns = [0, 0, 0]  # tp, fp, fn of the paraphrased first turns asked alone
     asked: set[tuple[str, str]] = set()
 
     def ask_follow_up(follow_up: str, asked_under: str, kind: str) -> None:
@@ -308,7 +311,7 @@ def contextual(
         if c.u0_paraphrase and c.u1_paraphrase:
             got = cache.lookup(c.u1_paraphrase, context=[c.u0_paraphrase])
             tp, fp, fn = _count(got, answered_by(c.u1, c.u0), tp, fp, fn)
-            tp, fp, fn = _count(cache.lookup(c.u0_paraphrase), right_first(c), tp, fp, fn)
+            first_turns = list(_count(cache.lookup(c.u0_paraphrase), right_first(c), *first_turns))
     follow_ups = list(cached.values())
     for i, (c, _) in enumerate(follow_ups):
         other = follow_ups[(i + len(follow_ups) // 2) % len(follow_ups)][0]
@@ -326,6 +329,11 @@ def contextual(
         "false_hit_rate": {k: false_hits[k] / max(negatives[k], 1) for k in NEGATIVE_KINDS},
         "shared_follow_up": shared,
     }
+    first_tp, first_fp, first_fn = first_turns
+    if tp + fn:
+        follow_ups = scores(config.followup_threshold, tp, fp + sum(false_hits.values()), fn, tp + fn + n_neg)
+        out["follow_ups_only"] = {"negatives": negatives, **follow_ups.to_dict()}
+    tp, fp, fn = tp + first_tp, fp + first_fp, fn + first_fn
     if tp + fn:  # sets with neither paraphrases nor shared follow-ups have no positives
         out.update(
             scores(

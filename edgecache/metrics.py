@@ -36,9 +36,15 @@ def precision_interval(tp: int, fp: int, confidence: float = 0.95) -> tuple[floa
     return 1.0 - upper_bound(fp, tp + fp, side), 1.0 - lower_bound(fp, tp + fp, side)
 
 
+def meets(precision: float, hits: float, min_precision: float) -> bool:
+    """Whether a point shows the precision floor: a threshold nothing passes has precision 1.0
+    by convention (no wrong hit), which shows nothing."""
+    return hits > 0 and precision >= min_precision
+
+
 def best(sweep: list[Scores], min_precision: float = 0.0) -> Scores:
     """The highest-F1 point (ties: higher threshold) among those meeting min_precision."""
-    eligible = [s for s in sweep if s.precision >= min_precision] or sweep
+    eligible = [s for s in sweep if meets(s.precision, s.tp + s.fp, min_precision)] or sweep
     return max(eligible, key=lambda s: (round(s.f1, 6), s.threshold))
 
 

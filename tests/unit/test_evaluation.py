@@ -42,6 +42,9 @@ def test_scores_and_selection():
     assert best(sweep).threshold == 0.8
     assert best(sweep, min_precision=0.95).threshold == 0.9
     assert at(sweep, 0.79).threshold == 0.8
+    # A threshold nothing passes has precision 1.0 by convention; it shows no precision.
+    nothing = [scores(0.7, 9, 9, 1, 20), scores(0.99, 0, 0, 10, 20)]
+    assert best(nothing, min_precision=0.95).threshold == 0.7  # no eligible point: best F1 of all
 
 
 def test_pairwise_counts_every_pair_once():
@@ -283,3 +286,18 @@ def test_every_follow_up_the_data_asks_under_two_first_turns_is_judged():
             for a, b in itertools.combinations(sorted(turns), 2):
                 assert (follow_up, frozenset((a, b))) in judged, (follow_up, a, b)
     assert {v for v in judged.values()} == {True, False}
+
+
+def test_paraphrased_first_turns_asked_alone_are_reported_apart_from_follow_ups(embedder):
+    config = CacheConfig(threshold=0.9, followup_threshold=0.8, context_threshold=0.9)
+    convs = [
+        Conversation(
+            "tell me about the magna carta", "when was it signed", "tell me about the magna carta", "x y z"
+        ),
+    ]
+    got = contextual(convs, embedder, config)
+    # The first turn asked again alone hits its entry; the follow-up reworded beyond recognition misses.
+    assert (got["tp"], got["fn"]) == (1, 1)
+    only = got["follow_ups_only"]
+    assert (only["tp"], only["fn"], only["f1"]) == (0, 1, 0.0)
+    assert pooled(only, only)["tp"] == 0
