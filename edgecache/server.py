@@ -103,6 +103,7 @@ class Service:
     def __init__(self, registry: CacheRegistry, upstream: Upstream | None = None) -> None:
         self.registry = registry
         self.upstream = upstream
+        self.requests = _InFlight()
         # Why the last flush failed; None once one succeeds. Requests keep succeeding while
         # saves fail, so /health is where the data loss shows.
         self.save_error: str | None = None
@@ -302,6 +303,47 @@ class Service:
         return "\n".join(lines) + "\n"
 
 
+class _InFlight:
+    """Requests being handled, and whether new ones are still taken. A stop waits for those in
+    flight before the last save: an insert answered 200 after that save would be lost."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._open = True
+        self._changed = threading.Condition()
+
+    def enter(self) -> bool:
+        with self._changed:
+            if self._open:
+                self._count += 1
+            return self._open
+
+    def leave(self) -> None:
+        with self._changed:
+            self._count -= 1
+            self._changed.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Take no more requests; whether those in flight finished within `timeout`."""
+        with self._changed:
+            self._open = False
+            return self._changed.wait_for(lambda: self._count == 0, timeout)
+
+
+class _ClientGone(ConnectionError):
+    """The client closed its connection before its answer was written."""
+
+
+_CLIENT_GONE = (_ClientGone, BrokenPipeError, ConnectionResetError)
+
+
+# What a request that arrives while the server stops gets: it was not handled, so nothing
+# of it was acknowledged (a load balancer retries it elsewhere).
+_STOPPING = json.dumps(
+    {"error": {"type": "shutting_down", "message": "the server is stopping; send the request again"}}
+).encode()
+
+
 class _Deadlines:
     """Connections whose request must be in by a time; one thread drops those that are late
     (a timer thread per request would cost more than the request's own work)."""
@@ -368,16 +410,27 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             if not waiting:
                 self.close_connection = True
                 return
+            if not service.requests.enter():
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.wfile.write(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_STOPPING), _STOPPING)
+                    )
+                return
             self.dropped = False
             deadlines.arm(self, time.monotonic() + READ_TIMEOUT_SECONDS)
             try:
                 super().handle_one_request()
-            except OSError:
-                if not self.dropped:
+            except OSError as exc:
+                if not (
+                    self.dropped or isinstance(exc, _ClientGone | BrokenPipeError | ConnectionResetError)
+                ):
                     raise
                 self.close_connection = True  # its answer had nowhere to go
             finally:
                 deadlines.disarm(self)
+                service.requests.leave()
 
         def _reply(self, status: HTTPStatus, payload: Any, content_type: str = "application/json") -> None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
@@ -390,9 +443,19 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":  # a reply to HEAD carries headers only
-                self.wfile.write(data)
+            with self._client():
+                self.end_headers()
+                if self.command != "HEAD":  # a reply to HEAD carries headers only
+                    self.wfile.write(data)
+
+        @contextlib.contextmanager
+        def _client(self) -> Iterator[None]:
+            """Writes to the client: its going away is not the server's error."""
+            try:
+                yield
+            except _CLIENT_GONE as exc:
+                log.debug("%s went away before its answer was written", self.address_string())
+                raise _ClientGone(str(exc)) from exc
 
         def _send(self, reply: Reply) -> None:
             self.send_response(reply.status)
@@ -400,16 +463,18 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                 self.send_header(name, value)
             if reply.stream is None:
                 self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
+                with self._client():
+                    self.end_headers()
+                    self.wfile.write(reply.body)
                 return
             # An event stream ends when the connection does: no length to announce.
             self.close_connection = True
             self.send_header("Connection", "close")
-            self.end_headers()
-            for chunk in reply.stream:
-                self.wfile.write(chunk)
-                self.wfile.flush()
+            with self._client():
+                self.end_headers()
+                for chunk in reply.stream:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """What http.server refuses before a route runs (a malformed request line, headers
@@ -522,6 +587,8 @@ def make_handler(service: Service, user_header: str) -> type[BaseHTTPRequestHand
                         )
                     raise HttpError(HTTPStatus.NOT_FOUND, "not_found", f"no route {path}")
                 self._reply(HTTPStatus.OK, handler(self._user(), self._body()))
+            except _ClientGone:
+                raise  # nobody to answer
             except Exception as exc:
                 self._error(*error_response(exc))
 
@@ -570,7 +637,14 @@ class CacheServer:
             self.close()
 
     def close(self) -> None:
+        """Stop: no new requests, those in flight finish, the flusher stops, then the last
+        save. Called once serve_forever has returned (no new connections)."""
+        if not self.service.requests.close(READ_TIMEOUT_SECONDS):
+            log.warning("requests still running after %.0f s; saving without them", READ_TIMEOUT_SECONDS)
         self._stop.set()
+        if self._flusher.is_alive():
+            # A flush still writing when the interpreter exits would be cut in native code.
+            self._flusher.join()
         self.httpd.server_close()
         self.service.flush()
 

@@ -3,10 +3,11 @@
 import http.client
 import json
 import threading
+import time
 
 import pytest
 
-from edgecache import LocalFolderStore
+from edgecache import LocalFolderStore, SemanticCache
 from edgecache.registry import CacheRegistry
 from edgecache.server import CacheServer
 
@@ -511,3 +512,58 @@ def test_health_says_saves_are_failing_until_a_flush_succeeds(tmp_path, embedder
     finally:
         store.failing = False  # so that stopping the server can save
         next(servers, None)
+
+
+def test_a_stop_waits_for_requests_in_flight_before_the_last_save(tmp_path, embedder, config):
+    """An insert answered 200 while the server stops is in the last save; a request that
+    arrives once the stop began gets a 503 and changes nothing."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        dim, fingerprint = embedder.dim, embedder.fingerprint
+
+        def embed(self, texts):
+            if any("slow" in t for t in texts):
+                entered.set()
+                assert release.wait(10)
+            return embedder.embed(texts)
+
+    store = LocalFolderStore(tmp_path)
+    srv = CacheServer(CacheRegistry(store, config, Slow()), "127.0.0.1", 0, flush_seconds=60)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    kept = http.client.HTTPConnection(*srv.address, timeout=10)  # a kept-alive connection
+    kept.request("GET", "/health")
+    assert kept.getresponse().read()
+    answers = []
+    insert = threading.Thread(
+        target=lambda: answers.append(
+            call(srv, "POST", "/v1/insert", {"query": "a slow question", "response": "r"})
+        )
+    )
+    insert.start()
+    assert entered.wait(10)
+    stopping = threading.Thread(target=srv.shutdown)
+    stopping.start()
+    deadline = time.monotonic() + 10
+    while srv.service.requests.enter():  # until the stop closes the gate
+        srv.service.requests.leave()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    kept.request(
+        "POST",
+        "/v1/insert",
+        body=b'{"query": "late", "response": "r"}',
+        headers={"X-Edgecache-User": "alice"},
+    )
+    late = kept.getresponse()
+    assert late.status == 503 and json.loads(late.read())["error"]["type"] == "shutting_down"
+    release.set()
+    insert.join(10)
+    stopping.join(10)
+    thread.join(10)
+    assert not thread.is_alive()
+    status, out = answers[0]
+    assert status == 200
+    saved = SemanticCache("alice", store=store, config=config, embedder=embedder)
+    assert list(saved._entries) == [out["entry_id"]]
