@@ -852,7 +852,8 @@ class SemanticCache:
             if landed:
                 # Each write holds every change the ones before it held: the latest is enough.
                 self._forget(self._unconfirmed[landed[-1]])
-                for w in list(self._unconfirmed)[: list(self._unconfirmed).index(landed[-1]) + 1]:
+                order = list(self._unconfirmed)
+                for w in order[: order.index(landed[-1]) + 1]:
                     del self._unconfirmed[w]
             for entry_id in self._pending_remove & entries.keys():
                 del entries[entry_id]

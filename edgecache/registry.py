@@ -114,8 +114,7 @@ class CacheRegistry:
             data = self.store.get(user_key(user))
             if data is None or self._readable(user, data):  # moved, or replaced by a good one
                 return None
-            aside = keep_aside(self.store, user_key(user), data)
-            self.store.delete(user_key(user))
+            aside = move_aside(self.store, user_key(user), data)
         log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", why, aside)
         return aside
 
@@ -306,8 +305,7 @@ class CacheRegistry:
             raise _UnusableStatistics(data, exc) from exc
 
     def _set_statistics_aside(self, unusable: _UnusableStatistics) -> None:
-        aside = keep_aside(self.store, CALIBRATION_KEY, unusable.data)
-        self.store.delete(CALIBRATION_KEY)
+        aside = move_aside(self.store, CALIBRATION_KEY, unusable.data)
         log.warning("calibration statistics unusable (%s); kept as %s", unusable.why, aside)
 
     def _retire(self, cache: SemanticCache) -> None:
@@ -343,10 +341,10 @@ class _UnusableStatistics(Exception):
         self.data, self.why = data, why
 
 
-def keep_aside(store: Store, key: str, data: bytes) -> str:
-    """Write data that cannot be used to the first free "<key>.bad[.n]"; that key. Where the
-    store has conditional writes the name is claimed by a create-only write, so another
-    process doing the same cannot overwrite what this one kept."""
+def move_aside(store: Store, key: str, data: bytes) -> str:
+    """Move `data`, stored under `key` and unusable, to the first free "<key>.bad[.n]"; that
+    key. Where the store has conditional writes the name is claimed by a create-only write,
+    so another process doing the same cannot overwrite what this one kept."""
     n = 1
     while True:
         aside = f"{key}.bad" if n == 1 else f"{key}.bad.{n}"
@@ -356,7 +354,9 @@ def keep_aside(store: Store, key: str, data: bytes) -> str:
                 store.put_if(aside, data, expected=None)
             except ConflictError:
                 continue
-            return aside
+            break
         if store.get(aside) is None:
             store.put(aside, data)
-            return aside
+            break
+    store.delete(key)
+    return aside
