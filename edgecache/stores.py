@@ -13,7 +13,7 @@ import hashlib
 import os
 import random
 import re
-import tempfile
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -166,12 +166,24 @@ class LocalFolderStore:
         # A folder that can be read but not written would lose every save, silently until
         # the first flush; a probe named like our temp files is cleaned up as one if it stays.
         try:
-            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-check.", suffix=".tmp")
+            fd, probe = self._create_temp(".write-check.")
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
             raise ConfigError(f"cannot use {self.root} as a store folder: {exc.strerror or exc}") from exc
         self._remove_stale_temps()
+
+    def _create_temp(self, prefix: str) -> tuple[int, str]:
+        """A new temp file in the folder, open for writing. Created with the mode the umask
+        gives any new file (tempfile's are 0600): workers that share the folder under other
+        Unix users in one group read each other's snapshots."""
+        for _ in range(100):
+            path = self.root / f"{prefix}{secrets.token_hex(8)}.tmp"
+            try:
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(path)
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free temp file name in {self.root}")
 
     def _remove_stale_temps(self) -> None:
         """Temp files of writers killed mid-write: the snapshot itself is intact (the rename
@@ -193,7 +205,7 @@ class LocalFolderStore:
 
     def put(self, key: str, data: bytes, expires_at: float | None = None) -> None:
         target = self._path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
+        fd, tmp = self._create_temp(f".{key}.")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

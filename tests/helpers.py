@@ -3,7 +3,9 @@ way tests reach the shared evaluation data."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -77,3 +79,16 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"the shared evaluation data is not at {path}")
     return path
+
+
+def refuse_new_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make creating any file fail as on a read-only file system (running as root, a folder's
+    permissions would not stop it)."""
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)

@@ -151,13 +151,9 @@ def test_serve_checks_its_cheap_arguments_before_loading_the_encoder(tmp_path, m
 
 
 def test_serve_refuses_a_store_folder_it_cannot_write(tmp_path, monkeypatch, capsys, embedder):
-    import errno
-    import tempfile
+    from tests.helpers import refuse_new_files
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    refuse_new_files(monkeypatch)
     assert run_serve(["--store", str(tmp_path)], monkeypatch, embedder) == 2
     err = capsys.readouterr().err
     assert f"cannot use {tmp_path} as a store folder: Read-only file system" in err

@@ -457,18 +457,12 @@ def test_clear_sets_an_unreadable_snapshot_aside(server, tmp_path):
 
 
 def test_a_store_folder_that_cannot_be_written_is_refused_when_opened(tmp_path, monkeypatch):
-    import errno
-    import tempfile
-
     from edgecache import ConfigError
+    from tests.helpers import refuse_new_files
 
     LocalFolderStore(tmp_path)
     assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing behind
-
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    refuse_new_files(monkeypatch)
     with pytest.raises(ConfigError, match=f"cannot use {tmp_path} as a store folder: Read-only file system"):
         LocalFolderStore(tmp_path)
 

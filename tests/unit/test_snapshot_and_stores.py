@@ -68,6 +68,21 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["user"]  # no temp file left behind
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_take_the_mode_the_umask_gives(tmp_path, umask, mode):
+    # Workers sharing a folder under other Unix users of one group must read each other's
+    # snapshots; a private temp file renamed into place used to make every snapshot 0600.
+    old = os.umask(umask)
+    try:
+        store = LocalFolderStore(tmp_path)
+        store.put("k", b"one")
+        store.put_if("k", b"two", store.get_versioned("k")[1])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "k").stat().st_mode & 0o777 == mode
+    assert store.get("k") == b"two"
+
+
 def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
     import time
 
