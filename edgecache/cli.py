@@ -58,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_loaded=args.max_users,
         bodies=stores[1] if args.bodies else None,
         load=load,
+        refresh_seconds=args.refresh_seconds,
     )
     # A configuration no cache can be built with fails now, not on every request.
     SemanticCache("edgecache-startup-check", config=config, embedder=embedder)
@@ -327,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--flush-seconds", type=_number(float, 0.01, "a number of seconds >= 0.01"), default=5.0
+    )
+    serve.add_argument(
+        "--refresh-seconds",
+        type=_number(float, 0.0, "a number of seconds >= 0"),
+        help="several workers sharing --store: a user's cache last read or written longer ago "
+        "than this re-reads the store before the request, taking in the other workers' inserts "
+        "and deletes (default: off, for one worker per store)",
     )
     serve.add_argument(
         "--bodies",

@@ -114,8 +114,10 @@ class CacheRegistry:
             data = self.store.get(user_key(user))
             if data is None or self._readable(user, data):  # moved, or replaced by a good one
                 return None
-            aside = move_aside(self.store, user_key(user), data)
-        log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", why, aside)
+            empty = SemanticCache(user, config=self.config, embedder=self.embedder, bodies=self.bodies)
+            aside = move_aside(self.store, user_key(user), data, empty.to_bytes())
+        if aside is not None:
+            log.warning("user snapshot unreadable (%s); kept as %s, the user starts empty", why, aside)
         return aside
 
     def _readable(self, user: str, data: bytes) -> bool:
@@ -268,11 +270,7 @@ class CacheRegistry:
         counted = calibrator.take_unsaved()
 
         def add_ours(data: bytes | None) -> bytes:
-            stored = self._calibration_from(data)
-            stored.add_counts(counted)
-            return snapshot.encode(
-                {"fingerprint": self.embedder.fingerprint, "calibration": stored.to_dict()}
-            )
+            return self._encode_calibration(data, counted)
 
         try:
             try:
@@ -292,6 +290,13 @@ class CacheRegistry:
         self.store.put(CALIBRATION_KEY, written)
         return written
 
+    def _encode_calibration(self, data: bytes | None, counted: dict | None = None) -> bytes:
+        """The stored statistics `data` (fresh ones for None) with `counted` added, as stored."""
+        stored = self._calibration_from(data)
+        if counted:
+            stored.add_counts(counted)
+        return snapshot.encode({"fingerprint": self.embedder.fingerprint, "calibration": stored.to_dict()})
+
     def _calibration_from(self, data: bytes | None) -> OnlineCalibrator:
         """Stored statistics under this configuration's settings (fresh ones for None)."""
         settings = self.config.policy.calibration_settings()
@@ -305,8 +310,9 @@ class CacheRegistry:
             raise _UnusableStatistics(data, exc) from exc
 
     def _set_statistics_aside(self, unusable: _UnusableStatistics) -> None:
-        aside = move_aside(self.store, CALIBRATION_KEY, unusable.data)
-        log.warning("calibration statistics unusable (%s); kept as %s", unusable.why, aside)
+        aside = move_aside(self.store, CALIBRATION_KEY, unusable.data, self._encode_calibration(None))
+        if aside is not None:
+            log.warning("calibration statistics unusable (%s); kept as %s", unusable.why, aside)
 
     def _retire(self, cache: SemanticCache) -> None:
         _add_counters(self._retired, cache)
@@ -341,15 +347,24 @@ class _UnusableStatistics(Exception):
         self.data, self.why = data, why
 
 
-def move_aside(store: Store, key: str, data: bytes) -> str:
-    """Move `data`, stored under `key` and unusable, to the first free "<key>.bad[.n]"; that
-    key. Where the store has conditional writes the name is claimed by a create-only write,
-    so another process doing the same cannot overwrite what this one kept."""
+def move_aside(store: Store, key: str, data: bytes, empty: bytes) -> str | None:
+    """Keep `data`, stored under `key` and unusable, as the first free "<key>.bad[.n]" and put
+    `empty` in its place; that key. None when `key` no longer holds `data`: another process
+    replaced or moved it meanwhile, and nothing is touched.
+
+    Where the store has conditional writes, the name is claimed by a create-only write, so
+    another process doing the same cannot overwrite what this one kept, and `key` is replaced
+    only while it still holds `data`: a good snapshot another process writes between the
+    check and the replacement is kept (a plain delete would remove it)."""
+    versioned = isinstance(store, VersionedStore)
+    current = store.get_versioned(key) if versioned else (store.get(key), None)
+    if current is None or current[0] != data:
+        return None
     n = 1
     while True:
         aside = f"{key}.bad" if n == 1 else f"{key}.bad.{n}"
         n += 1
-        if isinstance(store, VersionedStore):
+        if versioned:
             try:
                 store.put_if(aside, data, expected=None)
             except ConflictError:
@@ -358,5 +373,12 @@ def move_aside(store: Store, key: str, data: bytes) -> str:
         if store.get(aside) is None:
             store.put(aside, data)
             break
-    store.delete(key)
+    if not versioned:
+        store.put(key, empty)
+        return aside
+    try:
+        store.put_if(key, empty, expected=current[1])
+    except ConflictError:
+        store.delete(aside)  # claimed by this call, read by no one
+        return None
     return aside

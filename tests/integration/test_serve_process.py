@@ -14,9 +14,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def start(store):
+def start(store, *options):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecache.cli", "serve", "--port", "0", "--store", str(store)],
+        [sys.executable, "-m", "edgecache.cli", "serve", "--port", "0", "--store", str(store), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -69,3 +69,31 @@ def test_serve_isolates_users_and_persists_across_restart(tmp_path):
         assert out["hit"] and out["response"] == "$12"
     finally:
         stop(proc)
+
+
+def test_workers_sharing_a_store_see_each_others_changes(tmp_path):
+    def until(check):
+        deadline = time.time() + 20
+        while not check():
+            assert time.time() < deadline, "the other worker never saw the change"
+            time.sleep(0.1)
+
+    options = ("--refresh-seconds", "0.2", "--flush-seconds", "0.1")
+    (a, port_a), (b, port_b) = start(tmp_path, *options), start(tmp_path, *options)
+    question = {"query": "How do I reset my password?"}
+    try:
+        # b loads the user first, so what it sees of a's insert comes from a refresh.
+        assert not call(port_b, "/v1/lookup", question, "alice")[1]["hit"]
+        status, out = call(port_a, "/v1/insert", {**question, "response": "Settings > Security"}, "alice")
+        assert status == 200
+        until(lambda: call(port_b, "/v1/lookup", question, "alice")[1]["hit"])
+        assert call(port_b, "/v1/delete", {"entry_id": out["entry_id"]}, "alice")[0] == 200
+        until(lambda: not call(port_a, "/v1/lookup", question, "alice")[1]["hit"])
+    finally:
+        stop(a)
+        stop(b)
+    c, port_c = start(tmp_path)
+    try:
+        assert not call(port_c, "/v1/lookup", question, "alice")[1]["hit"]  # the delete stayed
+    finally:
+        stop(c)

@@ -623,6 +623,30 @@ def test_clear_never_overwrites_a_set_aside_snapshot_another_process_just_wrote(
     assert store.get(f"{key}.bad.2") == b"damage"
 
 
+def test_a_good_snapshot_written_while_a_damaged_one_is_set_aside_is_kept(embedder, config):
+    from edgecache.registry import move_aside
+    from edgecache.stores import user_key
+
+    key = user_key("dana")
+    good = SemanticCache("dana", config=config, embedder=embedder)
+    good.insert("what is the capital of peru", "Lima")
+
+    class Racing(MemoryStore):
+        """Another process saves a good snapshot just after this one claims "<key>.bad"."""
+
+        def put_if(self, k, data, expected):
+            version = super().put_if(k, data, expected)
+            if k == f"{key}.bad":
+                self.put(key, good.to_bytes())
+            return version
+
+    store = Racing()
+    store.put(key, b"damage")
+    assert move_aside(store, key, b"damage", b"empty") is None
+    assert store.get(f"{key}.bad") is None
+    assert len(SemanticCache("dana", store=store, config=config, embedder=embedder)) == 1
+
+
 def test_concurrent_inserts_and_lookups_lose_nothing(make_cache):
     cache = make_cache()
 
