@@ -251,6 +251,20 @@ CONTEXT_GRID = tuple(round(t, 2) for t in np.arange(0.30, 0.91, 0.05))
 CONTEXT_MIN_PRECISION = 0.98  # issue 2's precision goal for contextual hits
 
 
+def choose_precise(
+    points: list[tuple[dict, ...]], min_precision: float = CONTEXT_MIN_PRECISION
+) -> tuple[tuple, bool]:
+    """Of (scores, *rest) points, the best F1 at `min_precision`, ties to the later `rest`
+    (higher thresholds); where no point that serves a hit reaches it, the best F1 among the
+    most precise points (a false hit serves a wrong answer). Returns that point's `rest` and
+    whether the floor was met."""
+    served = [p for p in points if p[0]["tp"] + p[0]["fp"]]
+    floor_met = [p for p in served if p[0]["precision"] >= min_precision]
+    most_precise = max((p[0]["precision"] for p in served), default=0.0)
+    eligible = floor_met or [p for p in served if p[0]["precision"] == most_precise] or points
+    return max(eligible, key=lambda p: (p[0]["f1"], *p[2:]))[1:], bool(floor_met)
+
+
 def contextual_report(config: CacheConfig, encoder: Encoder, projection: Projection) -> dict:
     """Follow-up thresholds chosen on one half of the sets, reported on the other.
 
@@ -295,22 +309,25 @@ def contextual_report(config: CacheConfig, encoder: Encoder, projection: Project
         for ctx in CONTEXT_GRID:
             cfg = replace(config, followup_threshold=followup, context_threshold=ctx)
             sweep.append((both(tune_claude, tune_pairs, cfg), followup, ctx))
-    eligible = [
-        s
-        for s in sweep
-        if metrics.meets(
-            s[0]["pooled"]["precision"], s[0]["pooled"]["tp"] + s[0]["pooled"]["fp"], CONTEXT_MIN_PRECISION
-        )
-    ] or sweep
-    best, followup, ctx = max(eligible, key=lambda s: (s[0]["pooled"]["f1"], s[1], s[2]))
+    # Chosen on follow-ups alone: the paraphrased first turns asked alone that "pooled" also
+    # counts test standalone retrieval, which these thresholds do not govern.
+    on = "pooled_follow_ups_only"
+    (best, followup, ctx), floor_met = choose_precise([(r[on], r, f, c) for r, f, c in sweep])
     chosen = replace(config, followup_threshold=followup, context_threshold=ctx)
     out: dict = {
-        "chosen_on_tune_half": {"followup_threshold": followup, "context_threshold": ctx, **best},
+        "chosen_on_tune_half": {
+            "followup_threshold": followup,
+            "context_threshold": ctx,
+            "chosen_on": on,
+            "precision_floor_met": floor_met,
+            **best,
+        },
         "tune_sweep": [
             {
                 "followup_threshold": f,
                 "context_threshold": c,
                 **{m: r["pooled"][m] for m in ("f1", "precision", "recall")},
+                "follow_ups_only": {m: r[on][m] for m in ("f1", "precision", "recall")},
                 "same_topic_false_hit_rate": r["same_topic_pairs"]["false_hit_rate"]["same_topic"],
             }
             for r, f, c in sweep

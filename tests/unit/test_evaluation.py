@@ -301,3 +301,19 @@ def test_paraphrased_first_turns_asked_alone_are_reported_apart_from_follow_ups(
     only = got["follow_ups_only"]
     assert (only["tp"], only["fn"], only["f1"]) == (0, 1, 0.0)
     assert pooled(only, only)["tp"] == 0
+
+
+def test_context_thresholds_are_chosen_at_the_precision_floor_else_the_most_precise():
+    from edgecache.evalrun import choose_precise
+
+    def point(tp, fp, fn, threshold):
+        p = tp / (tp + fp) if tp + fp else 1.0
+        r = tp / (tp + fn)
+        return ({"tp": tp, "fp": fp, "precision": p, "f1": 2 * p * r / (p + r) if tp else 0.0}, threshold)
+
+    loose, strict, silent = point(60, 10, 10, 0.4), point(49, 1, 21, 0.8), point(0, 0, 70, 0.95)
+    assert choose_precise([loose, strict, silent]) == ((0.8,), True)
+    # One false hit that no threshold removes: nothing reaches 0.98; the most precise point is
+    # chosen, not the best F1 (0.4), and never one that serves nothing.
+    held = point(26, 1, 46, 0.75)
+    assert choose_precise([loose, held, point(15, 1, 57, 0.85), silent]) == ((0.75,), False)
